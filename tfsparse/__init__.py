@@ -1,0 +1,8 @@
+"""tfsparse: pruning and sparse training for Keras 3."""
+
+from tfsparse import allocation, callbacks, layers, mask_functions, methods, schedules
+from tfsparse.gradients import dense_gradients
+from tfsparse.stats import sparsity, summary
+from tfsparse.surgery import masked_weights, prune, strip
+
+__version__ = "0.1.0"

@@ -1,0 +1,7 @@
+"""Pruning and sparse-training methods, each a Keras callback.
+
+`registered()` maps the command-line names to the classes.
+"""
+
+from tfsparse.methods.base import PruningMethod, get, registered
+from tfsparse.methods.magnitude import MagnitudePruning

@@ -1,0 +1,125 @@
+"""The protocol every tfsparse method follows.
+
+A method is a `keras.callbacks.Callback` (plus, where it needs gradients, a
+train step or the `tfsparse.gradients` helper). It owns its schedule, its
+per-layer allocation and its state. It reaches the model's prunable kernels
+through `self.masked_weights` (a list of `tfsparse.layers.MaskedWeight`) and changes
+masks only through `assign_masks`, which also keeps the raw kernels and the
+optimizer's slots consistent with the new masks.
+"""
+
+import keras
+import numpy as np
+
+from tfsparse.surgery import masked_weights
+
+_REGISTRY = {}
+
+
+def register(name, summary, paper):
+    """Class decorator: makes a method reachable by name (CLI, benchmarks)."""
+
+    def decorate(cls):
+        cls.registry_name = name
+        cls.summary = summary
+        cls.paper = paper
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def registered():
+    """Registered methods: name -> class."""
+    return dict(_REGISTRY)
+
+
+def get(name):
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown method {name!r}. Available methods: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+class PruningMethod(keras.callbacks.Callback):
+    """Base class of the tfsparse methods."""
+
+    def __init__(self):
+        super().__init__()
+        self.masked_weights = []
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.masked_weights = masked_weights(model)
+        if not self.masked_weights:
+            raise ValueError(
+                f"{type(self).__name__} needs a model with masked layers, and "
+                f"'{model.name}' has none. Prepare it with "
+                "`model = tfsparse.prune(model)` before calling fit."
+            )
+
+    def kernels(self):
+        """name -> current raw kernel (numpy)."""
+        return {w.name: keras.ops.convert_to_numpy(w.kernel) for w in self.masked_weights}
+
+    def masks(self):
+        """name -> current mask (numpy bool)."""
+        return {w.name: keras.ops.convert_to_numpy(w.mask) > 0.5 for w in self.masked_weights}
+
+    def assign_masks(self, new_masks, zero_pruned=True):
+        """Sets the masks and keeps kernels and optimizer slots consistent.
+
+        Args:
+            new_masks: name -> bool array of the weight's shape.
+            zero_pruned: set newly pruned kernel entries and their optimizer
+                slots (momentum, Adam moments) to zero, so that a pruned
+                weight stays exactly zero through later updates (gradient,
+                slots and decoupled weight decay all leave a zero at zero).
+                Methods whose pruned weights may come back with their value
+                (OptG) pass False.
+        """
+        slots = optimizer_slots(getattr(self.model, "optimizer", None))
+        for weight in self.masked_weights:
+            new = np.asarray(new_masks[weight.name], dtype=bool)
+            if new.shape != weight.shape:
+                raise ValueError(
+                    f"Mask for '{weight.name}' has shape {new.shape}, expected {weight.shape}."
+                )
+            if zero_pruned:
+                old = keras.ops.convert_to_numpy(weight.mask) > 0.5
+                if np.any(old & ~new):
+                    _multiply_variable(weight.kernel, new)
+                    for slot in slots.get(id(weight.kernel), ()):
+                        _multiply_variable(slot, new)
+            weight.mask.assign(new.astype("float32"))
+
+
+def _multiply_variable(variable, keep):
+    value = keras.ops.convert_to_numpy(variable)
+    variable.assign(np.where(keep, value, 0).astype(value.dtype))
+
+
+def optimizer_slots(optimizer):
+    """id(model variable) -> list of the optimizer's per-weight slot variables.
+
+    Keras 3 names a slot `<variable path with _>_<slot>` (see
+    `BaseOptimizer.add_variable_from_reference`); slots are matched by that
+    prefix and by shape, the longest prefix winning, so `dense_kernel_...`
+    never claims `dense_kernel_score_...`.
+    """
+    if optimizer is None:
+        return {}
+    inner = getattr(optimizer, "inner_optimizer", None)  # LossScaleOptimizer
+    if inner is not None:
+        return optimizer_slots(inner)
+    references = getattr(optimizer, "_trainable_variables", None) or []
+    prefixes = sorted(
+        ((v.path.replace("/", "_") + "_", v) for v in references),
+        key=lambda item: -len(item[0]),
+    )
+    slots = {}
+    for slot in optimizer.variables:
+        for prefix, reference in prefixes:
+            if slot.name.startswith(prefix) and tuple(slot.shape) == tuple(reference.shape):
+                slots.setdefault(id(reference), []).append(slot)
+                break
+    return slots

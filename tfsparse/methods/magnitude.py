@@ -1,0 +1,115 @@
+"""Gradual magnitude pruning, the baseline every other method is measured against."""
+
+import keras
+import numpy as np
+
+from tfsparse import allocation as allocation_lib
+from tfsparse import schedules as schedules_lib
+from tfsparse.methods.base import PruningMethod, register
+
+
+@register(
+    "magnitude",
+    "Gradual magnitude pruning on a polynomial schedule (tfmot's prune_low_magnitude).",
+    "Zhu & Gupta, 'To prune, or not to prune', arXiv:1710.01878 (2017)",
+)
+class MagnitudePruning(PruningMethod):
+    """Gradual magnitude pruning, step for step like tfmot.
+
+    The step counter is tfmot's: before training batch `i` (0-based over the
+    whole fit) the step is `optimizer.iterations + 1`; when
+    `schedule.should_prune(step)`, the masks are recomputed from the
+    magnitudes of the current effective kernels (pruned weights count as 0,
+    so masks only shrink while the sparsity rises) and the new masks are used
+    in that batch already. Newly pruned kernel entries and their optimizer
+    slots are set to zero.
+
+    Args:
+        target_sparsity: final sparsity in [0, 1). With no `schedule`, the
+            default is tfmot's `PolynomialDecay(0, target_sparsity,
+            begin_step=0, end_step=end_fraction * total steps, frequency)`,
+            where total steps is known once `fit` starts.
+        schedule: a `tfsparse.schedules.Schedule` or a callable
+            `step -> sparsity`; overrides the default schedule.
+        allocation: `"layer"` (every layer at the schedule's sparsity, as
+            tfmot), `"global"` (one magnitude threshold across layers),
+            `"erk"`, or a `tfsparse.allocation.Allocation`.
+        end_fraction: fraction of the training steps over which the default
+            schedule ramps up.
+        frequency: steps between mask updates (default schedule, callables).
+
+    Example:
+
+    ```python
+    model = tfsparse.prune(model)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=10,
+              callbacks=[tfsparse.methods.MagnitudePruning(0.9)])
+    ```
+    """
+
+    def __init__(
+        self,
+        target_sparsity=None,
+        schedule=None,
+        allocation="layer",
+        end_fraction=0.7,
+        frequency=100,
+    ):
+        super().__init__()
+        if schedule is None:
+            if target_sparsity is None:
+                raise ValueError("Give `target_sparsity` or `schedule`. Received neither.")
+            schedules_lib._check_sparsity(target_sparsity, "target_sparsity")
+        if not 0.0 < end_fraction <= 1.0:
+            raise ValueError(f"`end_fraction` must be in (0, 1]. Received: end_fraction={end_fraction}")
+        self.target_sparsity = target_sparsity
+        self.schedule = None if schedule is None else schedules_lib.get(schedule, frequency)
+        self.allocation = allocation_lib.get(allocation)
+        self.end_fraction = end_fraction
+        self.frequency = frequency
+        self._last_step = None
+
+    def on_train_begin(self, logs=None):
+        if self.schedule is None:
+            total = _total_steps(self.params)
+            self.schedule = schedules_lib.PolynomialDecay(
+                0.0,
+                self.target_sparsity,
+                begin_step=0,
+                end_step=max(int(self.end_fraction * total), 1),
+                frequency=self.frequency,
+            )
+        self.allocation.check_names([w.name for w in self.masked_weights])
+        self._last_step = _iterations(self.model)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = _iterations(self.model) + 1
+        due = [s for s in range(self._last_step + 1, step + 1) if self.schedule.should_prune(s)]
+        self._last_step = step
+        if due:
+            self.update_masks(self.schedule(due[-1]))
+
+    def update_masks(self, sparsity):
+        """Recomputes all masks by magnitude at `sparsity` (one update)."""
+        scores = {
+            w.name: np.abs(keras.ops.convert_to_numpy(w.kernel) * keras.ops.convert_to_numpy(w.mask))
+            for w in self.masked_weights
+        }
+        self.assign_masks(self.allocation.masks(scores, sparsity))
+
+
+def _iterations(model):
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+def _total_steps(params):
+    steps, epochs = params.get("steps"), params.get("epochs")
+    if not steps or not epochs:
+        raise ValueError(
+            "MagnitudePruning needs the number of training steps to place its "
+            "default schedule, and fit() does not know it (a dataset of unknown "
+            "length?). Pass `steps_per_epoch` to fit, or give an explicit "
+            "`schedule=tfsparse.schedules.PolynomialDecay(...)`."
+        )
+    return steps * epochs
