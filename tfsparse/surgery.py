@@ -241,6 +241,6 @@ def _copy_from_masked(masked, plain):
     by_name = {variable.name: variable for variable in masked.weights}
     for variable in plain.weights:
         if variable.name in masked.masked_attrs:
-            variable.assign(np.asarray(masked.effective_kernel(variable.name, training=False)))
+            variable.assign(keras.ops.convert_to_numpy(masked.effective_kernel(variable.name, training=False)))
         else:
             variable.assign(by_name[variable.name])
