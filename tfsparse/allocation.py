@@ -31,7 +31,17 @@ def keep_top_k(scores, k):
         return np.ones(np.shape(scores), dtype=bool)
     if k <= 0:
         return np.zeros(np.shape(scores), dtype=bool)
-    threshold = np.partition(flat, n - k)[n - k]
+    # Already-pruned weights all score the same minimum (0 for magnitudes); a
+    # mass of equal values sends np.partition down a slow path (1.4 s instead
+    # of 0.04 s on 25 M values here), so select among the values above it.
+    lowest = flat.min()
+    above = flat > lowest
+    n_above = int(np.count_nonzero(above))
+    if n_above >= k:
+        candidates = flat[above]
+        threshold = np.partition(candidates, n_above - k)[n_above - k]
+    else:
+        threshold = lowest
     keep = flat > threshold
     missing = k - int(np.count_nonzero(keep))
     if missing > 0:

@@ -38,3 +38,17 @@ class SparsitySummaries(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
+
+
+class SparsityLogger(keras.callbacks.Callback):
+    """Adds the overall sparsity of the prunable kernels to each epoch's logs.
+
+    Put it after the method in the callback list; `model.fit(...).history`
+    then has a "sparsity" entry per epoch next to the loss and metrics.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            rows = layer_rows(self.model)
+            params = sum(r["params"] for r in rows)
+            logs["sparsity"] = 1.0 - sum(r["nonzeros"] for r in rows) / max(params, 1)

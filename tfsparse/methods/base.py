@@ -41,7 +41,19 @@ def get(name):
 
 
 class PruningMethod(keras.callbacks.Callback):
-    """Base class of the tfsparse methods."""
+    """Base class of the tfsparse methods.
+
+    Command line: `cli_options` maps option names to `argparse` keyword
+    arguments; `tfsparse run --method NAME --OPTION ...` passes them to
+    `from_cli`, so a new method plugs into the CLI by declaring them.
+    """
+
+    cli_options = {}
+
+    @classmethod
+    def from_cli(cls, target_sparsity, epochs, **options):
+        """Builds the method from the CLI's sparsity, epochs and options."""
+        return cls(target_sparsity, **options)
 
     def __init__(self):
         super().__init__()
@@ -84,18 +96,13 @@ class PruningMethod(keras.callbacks.Callback):
                 raise ValueError(
                     f"Mask for '{weight.name}' has shape {new.shape}, expected {weight.shape}."
                 )
-            if zero_pruned:
-                old = keras.ops.convert_to_numpy(weight.mask) > 0.5
-                if np.any(old & ~new):
-                    _multiply_variable(weight.kernel, new)
-                    for slot in slots.get(id(weight.kernel), ()):
-                        _multiply_variable(slot, new)
             weight.mask.assign(new.astype("float32"))
-
-
-def _multiply_variable(variable, keep):
-    value = keras.ops.convert_to_numpy(variable)
-    variable.assign(np.where(keep, value, 0).astype(value.dtype))
+            if zero_pruned:
+                # Multiplying by the new mask zeroes newly pruned entries and
+                # leaves already-zero ones at zero; done by the backend, in place.
+                mask = keras.ops.convert_to_tensor(weight.mask)
+                for variable in (weight.kernel, *slots.get(id(weight.kernel), ())):
+                    variable.assign(variable * keras.ops.cast(mask, variable.dtype))
 
 
 def optimizer_slots(optimizer):

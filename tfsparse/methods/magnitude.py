@@ -27,8 +27,11 @@ class MagnitudePruning(PruningMethod):
     Args:
         target_sparsity: final sparsity in [0, 1). With no `schedule`, the
             default is tfmot's `PolynomialDecay(0, target_sparsity,
-            begin_step=0, end_step=end_fraction * total steps, frequency)`,
-            where total steps is known once `fit` starts.
+            begin_step=0, end_step, frequency)` with `end_step` the
+            `end_fraction` of the training steps (known once `fit` starts),
+            rounded down to a multiple of `frequency` so that the last
+            update applies exactly the target (our choice; tfmot leaves the
+            rounding to the user).
         schedule: a `tfsparse.schedules.Schedule` or a callable
             `step -> sparsity`; overrides the default schedule.
         allocation: `"layer"` (every layer at the schedule's sparsity, as
@@ -47,6 +50,13 @@ class MagnitudePruning(PruningMethod):
               callbacks=[tfsparse.methods.MagnitudePruning(0.9)])
     ```
     """
+
+    cli_options = {
+        "allocation": dict(choices=["layer", "global", "erk"], default="layer",
+                           help="per-layer budget: every layer at the target, one global threshold, or ERK"),
+        "frequency": dict(type=int, default=100, help="steps between mask updates"),
+        "end_fraction": dict(type=float, default=0.7, help="fraction of training over which sparsity ramps up"),
+    }
 
     def __init__(
         self,
@@ -72,12 +82,11 @@ class MagnitudePruning(PruningMethod):
 
     def on_train_begin(self, logs=None):
         if self.schedule is None:
-            total = _total_steps(self.params)
             self.schedule = schedules_lib.PolynomialDecay(
                 0.0,
                 self.target_sparsity,
                 begin_step=0,
-                end_step=max(int(self.end_fraction * total), 1),
+                end_step=_default_end_step(_total_steps(self.params), self.end_fraction, self.frequency),
                 frequency=self.frequency,
             )
         self.allocation.check_names([w.name for w in self.masked_weights])
@@ -101,6 +110,21 @@ class MagnitudePruning(PruningMethod):
 
 def _iterations(model):
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+def _default_end_step(total, end_fraction, frequency):
+    """`end_fraction * total` rounded down to a pruning step.
+
+    tfmot's schedule ends wherever `end_step` falls, and when that is between
+    two pruning steps the target is never reached; aligning the default end
+    with the frequency makes the last update apply exactly the target.
+    """
+    if total < frequency:
+        raise ValueError(
+            f"Training has {total} steps, fewer than frequency={frequency}: the "
+            "masks would never be updated. Lower `frequency` or train longer."
+        )
+    return max(int(end_fraction * total) // frequency, 1) * frequency
 
 
 def _total_steps(params):

@@ -1,0 +1,66 @@
+"""Shared pieces of the benchmark scripts: data handoff, subprocess workers, tables.
+
+tfmot only runs on tf_keras (Keras 2), which cannot share a process with
+Keras 3 models, so every measured configuration runs in a worker subprocess:
+`python benchmarks/workers.py <json job>` prints one JSON line. The data go to
+the workers as one .npz file, so both libraries train on identical arrays.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def export_data(name, path, max_train=None):
+    """Writes the data set (float32 in [0, 1]) to an .npz for the workers."""
+    sys.path.insert(0, str(HERE.parent))
+    from tfsparse import datasets
+
+    data = datasets.load(name, download=False, max_train=max_train)
+    import numpy as np
+
+    np.savez(path, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
+    return data.source
+
+
+def run_worker(job, legacy_keras=False, timeout=3600):
+    """Runs one job in a fresh Python process and returns its JSON result."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(HERE.parent))
+    if legacy_keras:
+        env["TF_USE_LEGACY_KERAS"] = "1"
+    completed = subprocess.run(
+        [sys.executable, str(HERE / "workers.py"), json.dumps(job)],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    if completed.returncode != 0 or not lines:
+        raise RuntimeError(f"worker failed for {job}:\n{completed.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def machine():
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def versions(legacy=False):
+    import importlib.metadata as md
+
+    names = ["tensorflow", "keras", "tensorflow-model-optimization", "tf-keras"]
+    return ", ".join(f"{n} {md.version(n)}" for n in names)
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

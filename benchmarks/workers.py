@@ -1,0 +1,139 @@
+"""Worker process of the benchmarks: trains one configuration, prints JSON.
+
+Jobs (a JSON object on the command line):
+- {"kind": "accuracy", "library": "tfsparse"|"tfmot"|"dense", ...}: the tfmot
+  recipe (Adam, polynomial schedule over the first `end_fraction` of the
+  steps, `frequency`), returns test accuracy, sparsity, training seconds.
+- {"kind": "epoch_time", "library": "keras3"|"tf_keras", ...}: per-epoch
+  training time of the plain and of the pruned model, interleaved.
+Under "tfmot"/"tf_keras" the process must run with TF_USE_LEGACY_KERAS=1.
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def load(job):
+    with np.load(job["data"]) as data:
+        return data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+
+
+def build(keras, model, input_shape):
+    layers = keras.layers
+    if model == "lenet_300_100":
+        body = [layers.Flatten(), layers.Dense(300, activation="relu"), layers.Dense(100, activation="relu")]
+    elif model == "lenet5":
+        body = [layers.Conv2D(6, 5, padding="same", activation="relu"), layers.MaxPooling2D(),
+                layers.Conv2D(16, 5, activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
+                layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu")]
+    else:
+        raise ValueError(model)
+    return keras.Sequential([keras.Input(input_shape), *body, layers.Dense(10)])
+
+
+class EpochTimer:
+    def __init__(self, keras):
+        class Timer(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.times = []
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.times.append(time.perf_counter() - self.start)
+
+        self.callback = Timer()
+
+
+def libraries(library):
+    """(keras module, prune function, callbacks factory, strip function, sparsity function)."""
+    if library in ("tfmot", "tf_keras"):
+        import tf_keras as keras
+        import tensorflow_model_optimization as tfmot
+
+        sparsity_api = tfmot.sparsity.keras
+
+        def prune(model, schedule_args):
+            schedule = sparsity_api.PolynomialDecay(**schedule_args)
+            return sparsity_api.prune_low_magnitude(model, pruning_schedule=schedule)
+
+        def strip(model):
+            return sparsity_api.strip_pruning(model)
+
+        return keras, prune, lambda: [sparsity_api.UpdatePruningStep()], strip
+    import keras
+
+    import tfsparse
+
+    def prune(model, schedule_args):
+        prune.method = tfsparse.methods.MagnitudePruning(
+            schedule=tfsparse.schedules.PolynomialDecay(**schedule_args), allocation=schedule_args.get("allocation", "layer"))
+        return tfsparse.prune(model)
+
+    def strip(model):
+        return tfsparse.strip(model)
+
+    return keras, prune, lambda: [prune.method], strip
+
+
+def kernel_sparsity(model):
+    kernels = [w.numpy() for w in model.weights if "kernel" in w.name]
+    return 1.0 - sum(np.count_nonzero(k) for k in kernels) / sum(k.size for k in kernels)
+
+
+def accuracy_job(job):
+    x, y, xt, yt = load(job)
+    keras, prune, callbacks, strip = libraries(job["library"])
+    keras.utils.set_random_seed(job["seed"])
+    model = build(keras, job["model"], x.shape[1:])
+    steps = int(np.ceil(len(x) / job["batch_size"])) * job["epochs"]
+    fit_callbacks = []
+    if job["library"] != "dense":
+        schedule_args = dict(initial_sparsity=0.0, final_sparsity=job["sparsity"], begin_step=0,
+                             end_step=int(job["end_fraction"] * steps), frequency=job["frequency"])
+        model = prune(model, schedule_args)
+        fit_callbacks = callbacks()
+    model.compile(keras.optimizers.Adam(job["learning_rate"]),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=job["batch_size"], epochs=job["epochs"], verbose=0, callbacks=fit_callbacks)
+    seconds = time.perf_counter() - start
+    if job["library"] != "dense":
+        model = strip(model)
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    _, accuracy = model.evaluate(xt, yt, batch_size=1024, verbose=0)
+    return {"accuracy": float(accuracy), "sparsity": kernel_sparsity(model), "train_seconds": seconds}
+
+
+def epoch_time_job(job):
+    """Plain vs pruned per-epoch times, interleaved `repeats` times."""
+    x, y, _, _ = load(job)
+    x, y = x[: job["examples"]], y[: job["examples"]]
+    keras, prune, callbacks, _ = libraries(job["library"])
+    times = {"plain": [], "pruned": []}
+    for _ in range(job["repeats"]):
+        for variant in ("plain", "pruned"):
+            keras.utils.set_random_seed(0)
+            model = build(keras, job["model"], x.shape[1:])
+            fit_callbacks = []
+            if variant == "pruned":
+                steps = int(np.ceil(len(x) / 128)) * job["epochs"]
+                model = prune(model, dict(initial_sparsity=0.0, final_sparsity=0.9, begin_step=0,
+                                          end_step=int(0.7 * steps), frequency=100))
+                fit_callbacks = callbacks()
+            timer = EpochTimer(keras).callback
+            model.compile(keras.optimizers.Adam(1e-3),
+                          keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            model.fit(x, y, batch_size=128, epochs=job["epochs"], verbose=0, callbacks=fit_callbacks + [timer])
+            times[variant].extend(timer.times[1:])  # the first epoch includes tracing
+    return times
+
+
+if __name__ == "__main__":
+    job = json.loads(sys.argv[1])
+    result = {"accuracy": accuracy_job, "epoch_time": epoch_time_job}[job["kind"]](job)
+    print(json.dumps(result))

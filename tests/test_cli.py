@@ -1,0 +1,72 @@
+import json
+import warnings
+
+import pytest
+
+from tfsparse import cli, report, runner
+
+
+def run_cli(argv, capsys):
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_methods_lists_magnitude_with_its_paper(capsys):
+    code, out, _ = run_cli(["methods"], capsys)
+    assert code == 0 and "magnitude" in out and "arXiv:1710.01878" in out
+
+
+def test_unknown_names_list_the_choices(capsys):
+    for flag, value in (("--method", "nope"), ("--model", "vgg99"), ("--dataset", "imagenet")):
+        argv = ["run", "--method", "magnitude", "--out", "x", flag, value]
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
+
+
+def test_option_of_another_method_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--method", "dense", "--out", "x", "--frequency", "5"])
+    assert "--frequency is not an option of --method dense" in capsys.readouterr().err
+
+
+def test_run_writes_model_report_and_plots_then_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--method", "magnitude", "--model", "lenet_300_100", "--dataset", "mnist",
+            "--sparsity", "0.8", "--epochs", "2", "--max-train", "1500", "--max-test", "500",
+            "--frequency", "5", "--allocation", "global", "--out", str(out), "--quiet", "--offline"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, stdout, _ = run_cli(argv, capsys)
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"model.keras", "report.json", "report.md", "training.png", "layers.png"}
+    result = json.loads((out / "report.json").read_text())
+    assert result["metrics"]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert result["settings"]["method.allocation"] == "global"
+    assert "SUBSET" in result["data_source"] and "test accuracy" in stdout
+    assert (out / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "already exists" in err and "--overwrite" in err
+
+    code, table, _ = run_cli(["inspect", str(out / "model.keras")], capsys)
+    assert code == 0 and "fc1/kernel" in table and "80.00%" in table
+
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes((out / "model.keras").read_bytes()[:2000])
+    code, _, err = run_cli(["inspect", str(broken)], capsys)
+    assert code == 2 and "Could not read" in err
+
+
+def test_interrupted_run_leaves_no_output(tmp_path, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", interrupt)
+    with warnings.catch_warnings(), pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("ignore")
+        runner.run_job("dense", "lenet_300_100", "mnist", 0.0, 1, tmp_path / "out", max_train=300,
+                       max_test=100, verbose=0, download=False)
+    assert list(tmp_path.iterdir()) == []

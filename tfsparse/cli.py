@@ -1,0 +1,179 @@
+"""The `tfsparse` command: run, demo, inspect, methods."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEMO_EPOCHS = 5
+
+# TensorFlow's C++ start-up chatter (CUDA probing) is noise on a command line.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "offline", False):
+        os.environ["TFSPARSE_OFFLINE"] = "1"
+    try:
+        return args.handler(args, parser) or 0
+    except (ValueError, FileExistsError, FileNotFoundError, TypeError) as error:
+        print(f"tfsparse: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tfsparse: interrupted; nothing was written to the output directory.", file=sys.stderr)
+        return 130
+
+
+def build_parser():
+    from tfsparse import datasets, methods, models
+
+    parser = argparse.ArgumentParser(prog="tfsparse", description="Pruning and sparse training for Keras 3.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train a zoo model with a method and write model + report",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run.add_argument("--method", required=True, choices=["dense", *sorted(methods.registered())])
+    run.add_argument("--model", default="lenet_300_100", choices=sorted(models.BUILDERS))
+    run.add_argument("--dataset", default="fashion_mnist", choices=list(datasets.NAMES))
+    run.add_argument("--sparsity", type=float, default=0.9, help="target sparsity in [0, 1)")
+    run.add_argument("--epochs", type=int, default=10)
+    run.add_argument("--batch-size", type=int, default=128)
+    run.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    run.add_argument("--max-train", type=int, help="use only the first N training examples")
+    run.add_argument("--max-test", type=int, help="use only the first N test examples")
+    run.add_argument("--data-dir", help="directory with local data files (see tfsparse.datasets)")
+    run.add_argument("--offline", action="store_true", help="never download data")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_method_options(run, methods.registered())
+    run.set_defaults(handler=_run)
+
+    demo = commands.add_parser("demo", help="the main job on offline data: dense vs 90%% pruned, a few minutes")
+    demo.add_argument("--out", default="tfsparse-demo", help="output directory")
+    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    demo.set_defaults(handler=_demo)
+
+    inspect = commands.add_parser("inspect", help="per-layer sparsity table of a .keras file")
+    inspect.add_argument("file")
+    inspect.set_defaults(handler=_inspect)
+
+    listing = commands.add_parser("methods", help="list the methods with their papers")
+    listing.set_defaults(handler=_methods)
+    return parser
+
+
+def _add_method_options(parser, registered):
+    """One flag per option name; its help says which methods use it."""
+    users = {}
+    for name, cls in sorted(registered.items()):
+        for option, spec in cls.cli_options.items():
+            users.setdefault(option, (spec, []))[1].append(name)
+    group = parser.add_argument_group("method options (only for the methods named in each help)")
+    for option, (spec, names) in users.items():
+        spec = dict(spec)
+        default = spec.pop("default", None)
+        help_text = f"{spec.pop('help', '')} [{', '.join(names)}; default {default}]"
+        group.add_argument("--" + option.replace("_", "-"), default=argparse.SUPPRESS, help=help_text, **spec)
+
+
+def _run(args, parser):
+    from tfsparse import methods, runner
+
+    known = set() if args.method == runner.DENSE else set(methods.get(args.method).cli_options)
+    options = {}
+    for option in _all_method_options():
+        if hasattr(args, option):
+            if option not in known:
+                parser.error(f"--{option.replace('_', '-')} is not an option of --method {args.method}")
+            options[option] = getattr(args, option)
+    if not 0.0 <= args.sparsity < 1.0:
+        parser.error(f"--sparsity must be in [0, 1). Received: {args.sparsity}")
+    result = runner.run_job(
+        args.method, args.model, args.dataset, args.sparsity, args.epochs, args.out,
+        batch_size=args.batch_size, learning_rate=args.lr, method_options=options, seed=args.seed,
+        max_train=args.max_train, max_test=args.max_test, overwrite=args.overwrite,
+        data_dir=args.data_dir, verbose=0 if args.quiet else 1,
+    )
+    metrics = result["metrics"]
+    print(f"\ntest accuracy {metrics['test_accuracy']:.4f}  sparsity {metrics['sparsity']:.2%}  "
+          f"({result['data_source']})\nwrote {Path(args.out).resolve()}: model.keras, report.md, "
+          "report.json, training.png, layers.png")
+
+
+def _all_method_options():
+    from tfsparse import methods
+
+    return {option for cls in methods.registered().values() for option in cls.cli_options}
+
+
+def _demo(args, parser):
+    from tfsparse import report, runner
+
+    out = report.OutputDirectory(args.out, overwrite=args.overwrite)
+    try:
+        results = {}
+        for method, sparsity in (("dense", 0.0), ("magnitude", 0.9)):
+            print(f"\n=== {method}: LeNet-300-100 on Fashion-MNIST, {args.epochs} epochs ===")
+            results[method] = runner.run_job(
+                method, "lenet_300_100", "fashion_mnist" if _has_fashion_mnist() else "mnist",
+                sparsity, args.epochs, out.path / method, method_options={"allocation": "global"} if method != "dense" else None,
+                verbose=2,
+            )
+    except BaseException:
+        out.abandon()
+        raise
+    final = out.commit()
+    dense, pruned = results["dense"]["metrics"], results["magnitude"]["metrics"]
+    print(f"""
+=== tfsparse demo: done ({results['dense']['data_source']}) ===
+dense      test accuracy {dense['test_accuracy']:.4f}   sparsity {dense['sparsity']:.2%}
+magnitude  test accuracy {pruned['test_accuracy']:.4f}   sparsity {pruned['sparsity']:.2%}  (global magnitude pruning)
+Outputs in {final.resolve()}:
+  dense/ and magnitude/: model.keras (stripped, plain Keras), report.md, report.json, training.png, layers.png
+Next: tfsparse inspect {final / 'magnitude' / 'model.keras'}""")
+
+
+def _has_fashion_mnist():
+    """True when Fashion-MNIST is available without a download."""
+    from tfsparse import datasets
+
+    try:
+        datasets.load("fashion_mnist", download=False, max_train=1, max_test=1)
+    except FileNotFoundError:
+        print("Fashion-MNIST not found locally (apt-get install dataset-fashion-mnist); "
+              "the demo uses MNIST instead.")
+        return False
+    return True
+
+
+def _inspect(args, parser):
+    import keras
+
+    from tfsparse import stats
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such file: {path}")
+    if path.suffix != ".keras":
+        raise ValueError(f"tfsparse inspect reads .keras files. Received: {path}")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a bad archive
+        raise ValueError(f"Could not read {path} as a Keras model ({type(error).__name__}: {error})") from error
+    stats.summary(model)
+
+
+def _methods(args, parser):
+    from tfsparse import methods
+
+    for name, cls in sorted(methods.registered().items()):
+        print(f"{name:12s} {cls.summary}\n{'':12s} paper: {cls.paper}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
