@@ -58,7 +58,7 @@ def build_parser():
     demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     demo.set_defaults(handler=_demo)
 
-    inspect = commands.add_parser("inspect", help="per-layer sparsity table of a .keras file")
+    inspect = commands.add_parser("inspect", help="per-layer table of a .keras file, per-tensor table of a .tflite file")
     inspect.add_argument("file")
     inspect.set_defaults(handler=_inspect)
 
@@ -159,8 +159,13 @@ def _inspect(args, parser):
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"No such file: {path}")
+    if path.suffix == ".tflite":
+        from tfsparse import tflite_tensors
+
+        print(tflite_tensors.format_rows(tflite_tensors.tensor_rows(path), path.stat().st_size))
+        return
     if path.suffix != ".keras":
-        raise ValueError(f"tfsparse inspect reads .keras files. Received: {path}")
+        raise ValueError(f"tfsparse inspect reads .keras and .tflite files. Received: {path}")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a bad archive

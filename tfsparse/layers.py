@@ -206,11 +206,11 @@ class MaskedLayerMixin:
         else:
             mask = self.mask_function(handle, training=training)
         dtype = self.compute_dtype
-        effective = ops.multiply(ops.cast(kernel, dtype), ops.cast(mask, dtype))
+        effective = ops.multiply(_cast(kernel, dtype), _cast(mask, dtype))
         if handle.scale is not None:
-            effective = ops.multiply(effective, ops.cast(handle.scale, dtype))
+            effective = ops.multiply(effective, _cast(handle.scale, dtype))
         if self._gradient_probes is not None and attr in self._gradient_probes:
-            effective = ops.add(effective, ops.cast(self._gradient_probes[attr], dtype))
+            effective = ops.add(effective, _cast(self._gradient_probes[attr], dtype))
         return effective
 
     def call(self, inputs, training=None, **kwargs):
@@ -259,6 +259,11 @@ class MaskedLayerMixin:
             }
         )
         return config
+
+
+def _cast(value, dtype):
+    """Casts only when needed: on small models every extra op shows in step time."""
+    return value if keras.backend.standardize_dtype(value.dtype) == dtype else ops.cast(value, dtype)
 
 
 def _accepts_training(method):

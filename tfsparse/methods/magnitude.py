@@ -79,6 +79,7 @@ class MagnitudePruning(PruningMethod):
         self.end_fraction = end_fraction
         self.frequency = frequency
         self._last_step = None
+        self._epoch_start = 0
 
     def on_train_begin(self, logs=None):
         if self.schedule is None:
@@ -92,8 +93,13 @@ class MagnitudePruning(PruningMethod):
         self.allocation.check_names([w.name for w in self.masked_weights])
         self._last_step = _iterations(self.model)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        # One read of the optimizer's counter per epoch; per batch the step is
+        # derived from the batch index (reading a variable every batch syncs).
+        self._epoch_start = _iterations(self.model)
+
     def on_train_batch_begin(self, batch, logs=None):
-        step = _iterations(self.model) + 1
+        step = self._epoch_start + batch + 1
         due = [s for s in range(self._last_step + 1, step + 1) if self.schedule.should_prune(s)]
         self._last_step = step
         if due:
