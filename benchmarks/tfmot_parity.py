@@ -3,7 +3,9 @@
 Recipe (issue 2): full Fashion-MNIST, LeNet-300-100, Adam 1e-3, batch 128,
 10 epochs, PolynomialDecay from 0 to the target over the first 70 % of the
 steps, frequency 100, targets 0.90 and 0.98, seeds 0-2. Every run is a fresh
-subprocess (tfmot under TF_USE_LEGACY_KERAS=1); both get the same arrays.
+subprocess (tfmot under TF_USE_LEGACY_KERAS=1); both get the same initial
+weights (same seed) and the same batches in the same order (see
+`workers.fit_same_batches`), so any difference comes from the pruning.
 
     python benchmarks/tfmot_parity.py [--seeds 3] [--epochs 10]
 
@@ -72,7 +74,10 @@ def write(results, args, source):
 Command: `python benchmarks/tfmot_parity.py --seeds {args.seeds} --epochs {args.epochs}`
 Machine: {common.machine()}; {common.versions()}. Data: Fashion-MNIST from {source}.
 Recipe: LeNet-300-100, Adam 1e-3, batch 128, {args.epochs} epochs, PolynomialDecay 0 -> target over the
-first 70 % of steps, frequency 100; {args.seeds} seeds; each run in its own process.
+first 70 % of steps, frequency 100; {args.seeds} seeds; each run in its own process. Both libraries start from
+the same weights and see the same batches in the same order (per-epoch NumPy permutations, `shuffle=False`):
+Keras 3 and tf_keras shuffle epochs 2+ differently, which had made paired seeds diverge for reasons unrelated
+to pruning.
 
 {table}
 

@@ -29,6 +29,10 @@ def build(keras, model, input_shape):
         body = [layers.Conv2D(6, 5, padding="same", activation="relu"), layers.MaxPooling2D(),
                 layers.Conv2D(16, 5, activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
                 layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu")]
+    elif model == "conv2":
+        body = [layers.Conv2D(64, 3, padding="same", activation="relu"),
+                layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
+                layers.Dense(256, activation="relu"), layers.Dense(256, activation="relu")]
     else:
         raise ValueError(model)
     return keras.Sequential([keras.Input(input_shape), *body, layers.Dense(10)])
@@ -65,6 +69,21 @@ def libraries(library):
     return keras, prune, lambda: [prune.method], strip
 
 
+def fit_same_batches(model, x, y, job, callbacks):
+    """Trains epoch by epoch on batches that do not depend on the library.
+
+    Keras 3 and tf_keras shuffle differently from the second epoch on (with
+    the same seed they agree on epoch 1 only), so each epoch's order comes
+    from NumPy here and `fit` runs with shuffle=False. Both pruning libraries
+    keep their step counters across the one-epoch fits.
+    """
+    rng = np.random.default_rng(job["seed"])
+    for epoch in range(job["epochs"]):
+        order = rng.permutation(len(x))
+        model.fit(x[order], y[order], batch_size=job["batch_size"], initial_epoch=epoch, epochs=epoch + 1,
+                  shuffle=False, verbose=0, callbacks=callbacks)
+
+
 def kernel_sparsity(model):
     kernels = [w.numpy() for w in model.weights if "kernel" in w.name]
     return 1.0 - sum(np.count_nonzero(k) for k in kernels) / sum(k.size for k in kernels)
@@ -85,7 +104,7 @@ def accuracy_job(job):
     model.compile(keras.optimizers.Adam(job["learning_rate"]),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     start = time.perf_counter()
-    model.fit(x, y, batch_size=job["batch_size"], epochs=job["epochs"], verbose=0, callbacks=fit_callbacks)
+    fit_same_batches(model, x, y, job, fit_callbacks)
     seconds = time.perf_counter() - start
     if job["library"] != "dense":
         model = strip(model)
@@ -129,7 +148,37 @@ def epoch_time_job(job):
     return times
 
 
+def asni_job(job):
+    """ASNI-I, then ASNI-II and the same mask from a fresh random init."""
+    x, y, xt, yt = load(job)
+    import keras
+
+    import tfsparse
+    from tfsparse.methods import asni
+
+    def compile_fit_evaluate(model, callbacks):
+        model.compile(keras.optimizers.Adam(job["learning_rate"]),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        fit_same_batches(model, x, y, job, callbacks)
+        return float(model.evaluate(xt, yt, batch_size=1024, verbose=0)[1])
+
+    keras.utils.set_random_seed(job["seed"])
+    model = tfsparse.prune(build(keras, job["model"], x.shape[1:]))
+    method = asni.ASNI(magnitude=job["magnitude"], scale=job["scale"], total_epochs=job["epochs"])
+    result = {"asni1": compile_fit_evaluate(model, [method]), "sparsity": tfsparse.sparsity(model)}
+    init = asni.amenable_initialization(model)
+    result["init_bytes"], result["dense_bytes"] = init.size_bytes(), init.dense_size_bytes()
+    result["asni2"] = compile_fit_evaluate(asni.amenable_model(model, init), [])
+    keras.utils.set_random_seed(job["seed"] + 1000)
+    random_init = keras.models.clone_model(model)  # fresh random weights
+    for source, target in zip(tfsparse.masked_weights(model), tfsparse.masked_weights(random_init)):
+        target.mask.assign(source.mask)
+        target.kernel.assign(target.kernel * source.mask)
+    result["random_same_mask"] = compile_fit_evaluate(random_init, [])
+    return result
+
+
 if __name__ == "__main__":
     job = json.loads(sys.argv[1])
-    result = {"accuracy": accuracy_job, "epoch_time": epoch_time_job}[job["kind"]](job)
+    result = {"accuracy": accuracy_job, "epoch_time": epoch_time_job, "asni": asni_job}[job["kind"]](job)
     print(json.dumps(result))

@@ -70,3 +70,18 @@ def test_interrupted_run_leaves_no_output(tmp_path, monkeypatch):
         runner.run_job("dense", "lenet_300_100", "mnist", 0.0, 1, tmp_path / "out", max_train=300,
                        max_test=100, verbose=0, download=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_asni_with_the_asni2_phase(tmp_path, capsys):
+    out = tmp_path / "asni"
+    argv = ["run", "--method", "asni", "--dataset", "mnist", "--sparsity", "0.8", "--epochs", "6",
+            "--scale", "0.4", "--asni2", "--max-train", "1500", "--max-test", "500", "--out", str(out), "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(argv) == 0
+    capsys.readouterr()
+    metrics = json.loads((out / "report.json").read_text())["metrics"]
+    assert metrics["sparsity"] == pytest.approx(0.8, abs=0.002)
+    assert 0.1 < metrics["asni2_test_accuracy"] <= 1.0
+    assert metrics["asni2_init_bytes"] * 20 < metrics["dense_init_bytes"]
+    assert {"asni_schedule.png", "asni2_centroids.png", "asni2_init.npz"} <= {p.name for p in out.iterdir()}

@@ -71,28 +71,38 @@ def _train_and_evaluate(
     (x_train, y_train), (x_val, y_val) = data.validation_split(validation_fraction, seed=seed)
     keras.utils.set_random_seed(seed)
     model = models.get(model_name, data.input_shape, data.num_classes)
-    fit_callbacks = []
+    method = None
     if method_class is not None:
         model = prune(model)
-        fit_callbacks.append(method_class.from_cli(sparsity, epochs, **method_options))
-    fit_callbacks.append(callbacks.SparsityLogger())
-    model.compile(
-        keras.optimizers.Adam(learning_rate),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+        method = method_class.from_cli(sparsity, epochs, **method_options)
+
+    def train(model, method_callbacks):
+        model.compile(
+            keras.optimizers.Adam(learning_rate),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        return model.fit(
+            x_train, y_train, batch_size=batch_size, epochs=epochs, validation_data=(x_val, y_val),
+            callbacks=[*method_callbacks, callbacks.SparsityLogger()], verbose=verbose,
+        )
+
+    def test_metrics(model):
+        stripped = strip(model)
+        stripped.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        loss, accuracy = stripped.evaluate(data.x_test, data.y_test, batch_size=512, verbose=0)
+        return stripped, {"test_accuracy": float(accuracy), "test_loss": float(loss)}
+
+    def retrain(new_model):
+        train(new_model, [])
+        return test_metrics(new_model)[1]
+
     started = time.perf_counter()
-    history = model.fit(
-        x_train, y_train, batch_size=batch_size, epochs=epochs,
-        validation_data=(x_val, y_val), callbacks=fit_callbacks, verbose=verbose,
-    )
+    history = train(model, [method] if method else [])
     train_seconds = time.perf_counter() - started
-    stripped = strip(model)
-    stripped.compile(
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
-    )
-    test_loss, test_accuracy = stripped.evaluate(data.x_test, data.y_test, batch_size=512, verbose=0)
+    stripped, metrics = test_metrics(model)
     stripped.save(directory / "model.keras")
+    extra = method.finish(model, directory, retrain) if method else {}
     summary = stats.summary(stripped, print_fn=print if verbose else None)
     return {
         "settings": {
@@ -102,11 +112,11 @@ def _train_and_evaluate(
         },
         "data_source": data.source + (" (SUBSET)" if data.is_subset else ""),
         "metrics": {
-            "test_accuracy": float(test_accuracy),
-            "test_loss": float(test_loss),
+            **metrics,
             "val_accuracy": float(history.history["val_accuracy"][-1]),
             "sparsity": summary["total"]["sparsity"],
             "train_seconds": train_seconds,
+            **extra,
         },
         "history": {k: [float(v) for v in values] for k, values in history.history.items()},
         "layers": summary["layers"],

@@ -55,6 +55,16 @@ class PruningMethod(keras.callbacks.Callback):
         """Builds the method from the CLI's sparsity, epochs and options."""
         return cls(target_sparsity, **options)
 
+    def finish(self, model, directory, retrain):
+        """Called by `tfsparse run` after training: writes the method's own
+        artifacts into `directory` and runs any later phase.
+
+        `retrain(new_model)` compiles `new_model` with a fresh optimizer,
+        trains it with the run's recipe and no method (masks stay fixed) and
+        returns its test metrics. Returns extra metrics for the report.
+        """
+        return {}
+
     def __init__(self):
         super().__init__()
         self.masked_weights = []
@@ -76,6 +86,18 @@ class PruningMethod(keras.callbacks.Callback):
     def masks(self):
         """name -> current mask (numpy bool)."""
         return {w.name: keras.ops.convert_to_numpy(w.mask) > 0.5 for w in self.masked_weights}
+
+    def magnitude_scores(self):
+        """name -> |kernel| for surviving weights, -1 for pruned ones.
+
+        Pruned weights rank below every survivor (even a survivor that is
+        exactly 0), so a magnitude update never brings one back while the
+        sparsity does not decrease.
+        """
+        return {
+            name: np.where(alive, np.abs(kernel), np.float32(-1.0))
+            for (name, kernel), alive in zip(self.kernels().items(), self.masks().values())
+        }
 
     def assign_masks(self, new_masks, zero_pruned=True):
         """Sets the masks and keeps kernels and optimizer slots consistent.

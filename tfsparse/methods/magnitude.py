@@ -1,7 +1,6 @@
 """Gradual magnitude pruning, the baseline every other method is measured against."""
 
 import keras
-import numpy as np
 
 from tfsparse import allocation as allocation_lib
 from tfsparse import schedules as schedules_lib
@@ -107,11 +106,7 @@ class MagnitudePruning(PruningMethod):
 
     def update_masks(self, sparsity):
         """Recomputes all masks by magnitude at `sparsity` (one update)."""
-        scores = {
-            w.name: np.abs(keras.ops.convert_to_numpy(w.kernel) * keras.ops.convert_to_numpy(w.mask))
-            for w in self.masked_weights
-        }
-        self.assign_masks(self.allocation.masks(scores, sparsity))
+        self.assign_masks(self.allocation.masks(self.magnitude_scores(), sparsity))
 
 
 def _iterations(model):
