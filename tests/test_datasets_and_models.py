@@ -46,6 +46,16 @@ def test_local_directory_with_idx_files(tmp_path):
     assert len(train_x) == 9 and len(val_x) == 3
 
 
+def test_to_tf_data_batches_every_example_once(tmp_path):
+    fake_idx_dir(tmp_path, n_train=10, n_test=5)
+    data = datasets.load("fashion_mnist", data_dir=tmp_path, download=False)
+    train, test = data.to_tf_data(batch_size=4, seed=1)
+    batches = [(x.numpy(), y.numpy()) for x, y in train]
+    assert [len(y) for _, y in batches] == [4, 4, 2] and batches[0][0].shape == (4, 28, 28, 1)
+    assert sorted(np.concatenate([y for _, y in batches])) == sorted(data.y_train)
+    assert sum(len(y) for _, y in test) == 5
+
+
 def test_keras_cache_npz_via_keras_home(tmp_path, monkeypatch):
     cache = tmp_path / "datasets"
     cache.mkdir()

@@ -6,7 +6,6 @@ import numpy as np
 from tfsparse import layers as masked_layers
 from tfsparse.surgery import _all_layers
 
-_KERNEL_ATTRS = {cls: cls.masked_attrs for cls in masked_layers.MASKED_CLASSES.values()}
 
 
 def _kernel_values(layer):

@@ -20,7 +20,6 @@ def register(name, summary, paper):
     """Class decorator: makes a method reachable by name (CLI, benchmarks)."""
 
     def decorate(cls):
-        cls.registry_name = name
         cls.summary = summary
         cls.paper = paper
         _REGISTRY[name] = cls
