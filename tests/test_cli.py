@@ -85,3 +85,15 @@ def test_run_asni_with_the_asni2_phase(tmp_path, capsys):
     assert 0.1 < metrics["asni2_test_accuracy"] <= 1.0
     assert metrics["asni2_init_bytes"] * 20 < metrics["dense_init_bytes"]
     assert {"asni_schedule.png", "asni2_centroids.png", "asni2_init.npz"} <= {p.name for p in out.iterdir()}
+
+
+def test_demo_writes_both_runs_and_a_summary(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "tfsparse demo: done" in out and "magnitude  test accuracy" in out
+    for run in ("dense", "magnitude"):
+        assert (tmp_path / "demo" / run / "model.keras").is_file()
+    report = json.loads((tmp_path / "demo" / "magnitude" / "report.json").read_text())
+    assert report["metrics"]["sparsity"] == pytest.approx(0.9, abs=1e-3)

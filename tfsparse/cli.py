@@ -115,14 +115,15 @@ def _demo(args, parser):
     from tfsparse import report, runner
 
     out = report.OutputDirectory(args.out, overwrite=args.overwrite)
+    dataset = "fashion_mnist" if _has_fashion_mnist() else "mnist"
+    runs = (("dense", 0.0, None), ("magnitude", 0.9, {"allocation": "global"}))
     try:
         results = {}
-        for method, sparsity in (("dense", 0.0), ("magnitude", 0.9)):
-            print(f"\n=== {method}: LeNet-300-100 on Fashion-MNIST, {args.epochs} epochs ===")
+        for method, sparsity, options in runs:
+            print(f"\n=== {method}: LeNet-300-100 on {dataset}, {args.epochs} epochs ===")
             results[method] = runner.run_job(
-                method, "lenet_300_100", "fashion_mnist" if _has_fashion_mnist() else "mnist",
-                sparsity, args.epochs, out.path / method, method_options={"allocation": "global"} if method != "dense" else None,
-                verbose=2,
+                method, "lenet_300_100", dataset, sparsity, args.epochs, out.path / method,
+                method_options=options, verbose=2,
             )
     except BaseException:
         out.abandon()
