@@ -65,7 +65,9 @@ def _jsonable(value):
 
 def markdown(result):
     settings = "\n".join(f"| {k} | {v} |" for k, v in result["settings"].items())
-    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in result["metrics"].items())
+    metrics = "\n".join(
+        f"| {k} | {v:,} |" if isinstance(v, int) else f"| {k} | {v:.4f} |" for k, v in result["metrics"].items()
+    )
     return f"""# tfsparse run: {result['settings']['method']} on {result['settings']['model']} / {result['settings']['dataset']}
 
 Data source: {result['data_source']}
