@@ -6,6 +6,7 @@ Keras 3 models, so every measured configuration runs in a worker subprocess:
 the workers as one .npz file, so both libraries train on identical arrays.
 """
 
+import hashlib
 import json
 import os
 import platform
@@ -43,6 +44,23 @@ def run_worker(job, legacy_keras=False, timeout=3600):
     if completed.returncode != 0 or not lines:
         raise RuntimeError(f"worker failed for {job}:\n{completed.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def cached_worker(name, job, legacy_keras=False, timeout=3600):
+    """`run_worker`, its result cached in results/cache/<name>/ under the job's
+    settings (the data file's temporary path left out), so an interrupted
+    benchmark resumes where it stopped."""
+    settings = {k: v for k, v in job.items() if k != "data"}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = RESULTS / "cache" / name / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())["result"]
+    result = run_worker(job, legacy_keras, timeout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"job": settings, "result": result}))
+    partial.replace(path)
+    return result
 
 
 def median(values):

@@ -6,6 +6,10 @@ Jobs (a JSON object on the command line):
   steps, `frequency`), returns test accuracy, sparsity, training seconds.
 - {"kind": "epoch_time", "library": "keras3"|"tf_keras", ...}: per-epoch
   training time of the plain and of the pruned model, interleaved.
+- {"kind": "dst", "method": "dst-ee"|"rigl"|"set", ...}: dynamic sparse
+  training from step 0; test (or, with "validation", held-out) accuracy.
+- {"kind": "dst_overhead", ...}: per-epoch times of DST-EE and of the same
+  masked model without it, interleaved.
 Under "tfmot"/"tf_keras" the process must run with TF_USE_LEGACY_KERAS=1.
 """
 
@@ -178,7 +182,76 @@ def asni_job(job):
     return result
 
 
+def dst_method(tfsparse, job, x, y, total_steps):
+    options = dict(update_every=job["update_every"], total_steps=total_steps, seed=job["seed"])
+    if job["method"] != "set":
+        options["gradient_data"] = (x, y)
+    if job["method"] == "dst-ee":
+        options["c"] = job["c"]
+    return tfsparse.methods.get(job["method"])(job["sparsity"], **options)
+
+
+def dst_job(job):
+    x, y, xt, yt = load(job)
+    if job.get("validation"):  # the last 10 % of the training set, never the test set
+        cut = int(0.9 * len(x))
+        x, y, xt, yt = x[:cut], y[:cut], x[cut:], y[cut:]
+    import keras
+
+    import tfsparse
+
+    keras.utils.set_random_seed(job["seed"])
+    method_class = tfsparse.methods.get(job["method"])
+    model = tfsparse.prune(build(keras, job["model"], x.shape[1:]), **method_class.layer_options)
+    steps = int(np.ceil(len(x) / job["batch_size"])) * job["epochs"]
+    method = dst_method(tfsparse, job, x, y, steps)
+    model.compile(keras.optimizers.Adam(job["learning_rate"]),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    start = time.perf_counter()
+    fit_same_batches(model, x, y, job, [method])
+    seconds = time.perf_counter() - start
+    stripped = tfsparse.strip(model)
+    stripped.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    _, accuracy = stripped.evaluate(xt, yt, batch_size=1024, verbose=0)
+    return {"accuracy": float(accuracy), "sparsity": kernel_sparsity(stripped), "train_seconds": seconds,
+            "coverage": method.history[-1]["coverage"], "history": method.history}
+
+
+def dst_overhead_job(job):
+    """Per-epoch times: DST-EE (update_every 100) vs the same masked model without it.
+
+    Both are pruned the same way (so both run `kernel * mask`); epochs
+    alternate as in `epoch_time_job`, and the first pair (tracing) is dropped.
+    """
+    x, y, _, _ = load(job)
+    import keras
+
+    import tfsparse
+
+    steps = int(np.ceil(len(x) / 128)) * job["rounds"]
+    runs = {}
+    for variant in ("plain", "dst-ee"):
+        keras.utils.set_random_seed(0)
+        model = tfsparse.prune(build(keras, job["model"], x.shape[1:]), **tfsparse.methods.DSTEE.layer_options)
+        callbacks = []
+        if variant == "dst-ee":
+            callbacks = [dst_method(tfsparse, dict(job, method="dst-ee", seed=0), x, y, steps)]
+        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        runs[variant] = (model, callbacks)
+    times = {"plain": [], "dst-ee": []}
+    for _ in range(job["rounds"]):
+        for variant, (model, callbacks) in runs.items():
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=128, epochs=1, verbose=0, callbacks=callbacks)
+            times[variant].append(time.perf_counter() - start)
+    times = {k: v[1:] for k, v in times.items()}
+    times["ratios"] = [d / p for d, p in zip(times["dst-ee"], times["plain"])]
+    return times
+
+
 if __name__ == "__main__":
     job = json.loads(sys.argv[1])
-    result = {"accuracy": accuracy_job, "epoch_time": epoch_time_job, "asni": asni_job}[job["kind"]](job)
+    kinds = {"accuracy": accuracy_job, "epoch_time": epoch_time_job, "asni": asni_job, "dst": dst_job,
+             "dst_overhead": dst_overhead_job}
+    result = kinds[job["kind"]](job)
     print(json.dumps(result))

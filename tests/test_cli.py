@@ -87,6 +87,30 @@ def test_run_asni_with_the_asni2_phase(tmp_path, capsys):
     assert {"asni_schedule.png", "asni2_centroids.png", "asni2_init.npz"} <= {p.name for p in out.iterdir()}
 
 
+def test_run_dst_ee_writes_the_coverage_plot(tmp_path, capsys):
+    out = tmp_path / "dst"
+    argv = ["run", "--method", "dst-ee", "--dataset", "mnist", "--sparsity", "0.9", "--epochs", "2",
+            "--update-every", "5", "--c", "0.01", "--max-train", "1500", "--max-test", "500",
+            "--out", str(out), "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(argv) == 0
+    capsys.readouterr()
+    result = json.loads((out / "report.json").read_text())
+    assert result["metrics"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert result["metrics"]["mask_updates"] == 3  # 22 steps, stop at 75 %: steps 5, 10, 15
+    assert 0.1 < result["metrics"]["coverage"] < 1.0
+    assert result["settings"]["method.c"] == 0.01
+    assert (out / "coverage.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_help_shows_each_methods_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "dst-ee: default erk" in text and "magnitude: default layer" in text
+
+
 def test_demo_writes_both_runs_and_a_summary(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

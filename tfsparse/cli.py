@@ -72,12 +72,15 @@ def _add_method_options(parser, registered):
     users = {}
     for name, cls in sorted(registered.items()):
         for option, spec in cls.cli_options.items():
-            users.setdefault(option, (spec, []))[1].append(name)
+            users.setdefault(option, (spec, {}))[1][name] = spec.get("default")
     group = parser.add_argument_group("method options (only for the methods named in each help)")
-    for option, (spec, names) in users.items():
-        spec = dict(spec)
-        default = spec.pop("default", None)
-        help_text = f"{spec.pop('help', '')} [{', '.join(names)}; default {default}]"
+    for option, (spec, defaults) in users.items():
+        spec = {k: v for k, v in spec.items() if k != "default"}
+        if len(set(map(repr, defaults.values()))) == 1:
+            used_by = f"{', '.join(defaults)}; default {next(iter(defaults.values()))}"
+        else:
+            used_by = "; ".join(f"{name}: default {default}" for name, default in defaults.items())
+        help_text = f"{spec.pop('help', '')} [{used_by}]"
         group.add_argument("--" + option.replace("_", "-"), default=argparse.SUPPRESS, help=help_text, **spec)
 
 

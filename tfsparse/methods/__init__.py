@@ -5,4 +5,5 @@
 
 from tfsparse.methods.base import PruningMethod, get, registered
 from tfsparse.methods.asni import ASNI, AmenableInit, amenable_initialization, amenable_model
+from tfsparse.methods.dst import DSTEE, SET, DynamicSparseTraining, RigL
 from tfsparse.methods.magnitude import MagnitudePruning

@@ -69,7 +69,7 @@ class ASNI(PruningMethod):
     }
 
     @classmethod
-    def from_cli(cls, target_sparsity, epochs, **options):
+    def from_cli(cls, target_sparsity, epochs, train_data, **options):
         common = dict(scale=options.get("scale", 5.0), retrain_amenable=options.get("asni2", False))
         if options.get("magnitude") is not None:
             return cls(magnitude=options["magnitude"], **common)

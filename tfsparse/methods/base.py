@@ -49,9 +49,14 @@ class PruningMethod(keras.callbacks.Callback):
 
     cli_options = {}
 
+    #: Keyword arguments that `tfsparse.prune` must give the masked layers
+    #: for this method (scores, scales, state variables, a mask function).
+    layer_options = {}
+
     @classmethod
-    def from_cli(cls, target_sparsity, epochs, **options):
-        """Builds the method from the CLI's sparsity, epochs and options."""
+    def from_cli(cls, target_sparsity, epochs, train_data, **options):
+        """Builds the method from the CLI's sparsity, epochs, training data
+        `(x, y)` (for methods that need batches of their own) and options."""
         return cls(target_sparsity, **options)
 
     def finish(self, model, directory, retrain):
@@ -77,6 +82,41 @@ class PruningMethod(keras.callbacks.Callback):
                 f"'{model.name}' has none. Prepare it with "
                 "`model = tfsparse.prune(model)` before calling fit."
             )
+        self._check_layer_options()
+
+    def _check_layer_options(self):
+        """Raises when the masked layers lack what `layer_options` asks for."""
+        wanted_state = tuple(self.layer_options.get("state_names", ()))
+        for weight in self.masked_weights:
+            layer = weight.layer
+            missing = [name for name in wanted_state if name not in layer.state_names]
+            if self.layer_options.get("with_score") and not layer.with_score:
+                missing.append("score")
+            if self.layer_options.get("with_scale") and not layer.with_scale:
+                missing.append("scale")
+            if missing:
+                options = ", ".join(f"{k}={v!r}" for k, v in self.layer_options.items())
+                raise ValueError(
+                    f"{type(self).__name__} keeps {missing} in the masked layers, and "
+                    f"layer '{layer.name}' has none. Prune for this method: "
+                    f"`tfsparse.prune(model, **{type(self).__name__}.layer_options)` "
+                    f"(that is `tfsparse.prune(model, {options})`)."
+                )
+
+    def optimizer_step(self):
+        """The optimizer's step counter (training steps taken so far)."""
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def training_steps(self, purpose):
+        """Total steps of the current `fit` (steps per epoch x epochs)."""
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if not steps or not epochs:
+            raise ValueError(
+                f"{type(self).__name__} needs the number of training steps {purpose}, "
+                "and fit() does not know it (a dataset of unknown length?). Pass "
+                "`steps_per_epoch` to fit."
+            )
+        return steps * epochs
 
     def kernels(self):
         """name -> current raw kernel (numpy)."""
@@ -98,7 +138,7 @@ class PruningMethod(keras.callbacks.Callback):
             for (name, kernel), alive in zip(self.kernels().items(), self.masks().values())
         }
 
-    def assign_masks(self, new_masks, zero_pruned=True):
+    def assign_masks(self, new_masks, zero_pruned=True, reset=None):
         """Sets the masks and keeps kernels and optimizer slots consistent.
 
         Args:
@@ -109,6 +149,9 @@ class PruningMethod(keras.callbacks.Callback):
                 slots and decoupled weight decay all leave a zero at zero).
                 Methods whose pruned weights may come back with their value
                 (OptG) pass False.
+            reset: optional name -> bool array of positions whose kernel
+                entries and optimizer slots are set to zero as well (weights
+                that regrow from zero with fresh slots, as in RigL).
         """
         slots = optimizer_slots(getattr(self.model, "optimizer", None))
         for weight in self.masked_weights:
@@ -118,12 +161,15 @@ class PruningMethod(keras.callbacks.Callback):
                     f"Mask for '{weight.name}' has shape {new.shape}, expected {weight.shape}."
                 )
             weight.mask.assign(new.astype("float32"))
-            if zero_pruned:
-                # Multiplying by the new mask zeroes newly pruned entries and
-                # leaves already-zero ones at zero; done by the backend, in place.
-                mask = keras.ops.convert_to_tensor(weight.mask)
+            keep = new if zero_pruned else np.ones_like(new)
+            if reset is not None and weight.name in reset:
+                keep = keep & ~np.asarray(reset[weight.name], dtype=bool)
+            if not keep.all():
+                # Multiplying by the kept positions zeroes the others in place,
+                # on the backend; already-zero entries stay zero.
+                factor = keras.ops.convert_to_tensor(keep.astype("float32"))
                 for variable in (weight.kernel, *slots.get(id(weight.kernel), ())):
-                    variable.assign(variable * keras.ops.cast(mask, variable.dtype))
+                    variable.assign(variable * keras.ops.cast(factor, variable.dtype))
 
 
 def optimizer_slots(optimizer):

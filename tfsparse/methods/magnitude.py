@@ -1,7 +1,5 @@
 """Gradual magnitude pruning, the baseline every other method is measured against."""
 
-import keras
-
 from tfsparse import allocation as allocation_lib
 from tfsparse import schedules as schedules_lib
 from tfsparse.methods.base import PruningMethod, register
@@ -86,16 +84,18 @@ class MagnitudePruning(PruningMethod):
                 0.0,
                 self.target_sparsity,
                 begin_step=0,
-                end_step=_default_end_step(_total_steps(self.params), self.end_fraction, self.frequency),
+                end_step=_default_end_step(
+                    self.training_steps("to place its default schedule (or give an explicit `schedule`)"),
+                    self.end_fraction, self.frequency),
                 frequency=self.frequency,
             )
         self.allocation.check_names([w.name for w in self.masked_weights])
-        self._last_step = _iterations(self.model)
+        self._last_step = self.optimizer_step()
 
     def on_epoch_begin(self, epoch, logs=None):
         # One read of the optimizer's counter per epoch; per batch the step is
         # derived from the batch index (reading a variable every batch syncs).
-        self._epoch_start = _iterations(self.model)
+        self._epoch_start = self.optimizer_step()
 
     def on_train_batch_begin(self, batch, logs=None):
         step = self._epoch_start + batch + 1
@@ -107,10 +107,6 @@ class MagnitudePruning(PruningMethod):
     def update_masks(self, sparsity):
         """Recomputes all masks by magnitude at `sparsity` (one update)."""
         self.assign_masks(self.allocation.masks(self.magnitude_scores(), sparsity))
-
-
-def _iterations(model):
-    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 def _default_end_step(total, end_fraction, frequency):
@@ -127,14 +123,3 @@ def _default_end_step(total, end_fraction, frequency):
         )
     return max(int(end_fraction * total) // frequency, 1) * frequency
 
-
-def _total_steps(params):
-    steps, epochs = params.get("steps"), params.get("epochs")
-    if not steps or not epochs:
-        raise ValueError(
-            "MagnitudePruning needs the number of training steps to place its "
-            "default schedule, and fit() does not know it (a dataset of unknown "
-            "length?). Pass `steps_per_epoch` to fit, or give an explicit "
-            "`schedule=tfsparse.schedules.PolynomialDecay(...)`."
-        )
-    return steps * epochs
