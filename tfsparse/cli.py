@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 DEMO_EPOCHS = 5
+EXPORT_CHOICES = ("float32", "dynamic", "float16", "int8")
 
 # TensorFlow's C++ start-up chatter (CUDA probing) is noise on a command line.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,7 +19,7 @@ def main(argv=None):
         os.environ["TFSPARSE_OFFLINE"] = "1"
     try:
         return args.handler(args, parser) or 0
-    except (ValueError, FileExistsError, FileNotFoundError, TypeError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError, TypeError) as error:
         print(f"tfsparse: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -49,6 +50,8 @@ def build_parser():
     run.add_argument("--data-dir", help="directory with local data files (see tfsparse.datasets)")
     run.add_argument("--offline", action="store_true", help="never download data")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--export", choices=EXPORT_CHOICES,
+                     help="also write model.tflite (sparse, with this quantization), verified in LiteRT")
     _add_method_options(run, methods.registered())
     run.set_defaults(handler=_run)
 
@@ -57,6 +60,19 @@ def build_parser():
     demo.add_argument("--overwrite", action="store_true")
     demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     demo.set_defaults(handler=_demo)
+
+    export = commands.add_parser("export", help="convert a .keras model to a verified sparse (and quantized) .tflite",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    export.add_argument("model", help="a .keras file (masked or stripped)")
+    export.add_argument("--out", required=True, help="the .tflite file to write")
+    export.add_argument("--quantization", choices=EXPORT_CHOICES, default="float32")
+    export.add_argument("--data", choices=list(datasets.NAMES),
+                        help="data set for int8 calibration and for verification (default: random inputs)")
+    export.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs (with --quantization int8)")
+    export.add_argument("--dense", action="store_true", help="no sparse weight encoding")
+    export.add_argument("--data-dir", help="directory with local data files (see tfsparse.datasets)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    export.set_defaults(handler=_export)
 
     inspect = commands.add_parser("inspect", help="per-layer table of a .keras file, per-tensor table of a .tflite file")
     inspect.add_argument("file")
@@ -101,11 +117,44 @@ def _run(args, parser):
         batch_size=args.batch_size, learning_rate=args.lr, method_options=options, seed=args.seed,
         max_train=args.max_train, max_test=args.max_test, overwrite=args.overwrite,
         data_dir=args.data_dir, verbose=0 if args.quiet else 1,
+        export=False if args.export is None else _quantization(args.export),
     )
     metrics = result["metrics"]
+    written = sorted(p.name for p in Path(args.out).iterdir())
     print(f"\ntest accuracy {metrics['test_accuracy']:.4f}  sparsity {metrics['sparsity']:.2%}  "
-          f"({result['data_source']})\nwrote {Path(args.out).resolve()}: model.keras, report.md, "
-          "report.json, training.png, layers.png")
+          f"({result['data_source']})\nwrote {Path(args.out).resolve()}: {', '.join(written)}")
+    if "tflite" in result:
+        print(result["tflite_summary"])
+
+
+def _quantization(choice):
+    return None if choice == "float32" else choice
+
+
+def _export(args, parser):
+    import keras
+
+    from tfsparse import datasets, export
+
+    source, out = Path(args.model), Path(args.out)
+    if not source.is_file():
+        raise FileNotFoundError(f"No such model file: {source}")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it.")
+    quantization = _quantization(args.quantization)
+    if quantization == "int8" and args.data is None:
+        parser.error("--quantization int8 needs --data (calibration inputs)")
+    try:
+        model = keras.models.load_model(source, compile=False)
+    except Exception as error:  # Keras raises many types for a bad archive
+        raise ValueError(f"Could not read {source} as a Keras model ({type(error).__name__}: {error})") from error
+    representative = verification = None
+    if args.data is not None:
+        data = datasets.load(args.data, data_dir=args.data_dir, max_train=1000, max_test=1000)
+        representative, verification = data.x_train[:500], data.x_test
+    report = export.to_tflite(model, out, quantization=quantization, representative_data=representative,
+                              sparse=not args.dense, int8_io=args.int8_io, verification_data=verification)
+    print(report)
 
 
 def _all_method_options():

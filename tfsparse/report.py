@@ -57,6 +57,17 @@ def write_report(directory, result):
     (directory / "report.md").write_text(markdown(result))
 
 
+def _tflite_section(result):
+    if "tflite_summary" not in result:
+        return ""
+    return f"""
+## TFLite export (verified in LiteRT on the test set)
+```
+{result['tflite_summary']}
+```
+"""
+
+
 def _jsonable(value):
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -86,7 +97,7 @@ Data source: {result['data_source']}
 ```
 {format_table(result['layers'])}
 ```
-
+{_tflite_section(result)}
 ![training](training.png)
 
 ![layers](layers.png)

@@ -32,6 +32,7 @@ def run_job(
     data_dir=None,
     download=None,
     verbose=1,
+    export=False,
 ):
     """Trains `model` on `dataset` with `method` and writes its outputs to `out`.
 
@@ -52,7 +53,7 @@ def run_job(
         result = _train_and_evaluate(
             method, method_class, model, dataset, sparsity, epochs, batch_size,
             learning_rate, method_options or {}, seed, max_train, max_test,
-            validation_fraction, data_dir, download, verbose, output.path,
+            validation_fraction, data_dir, download, verbose, output.path, export,
         )
         report.write_report(output.path, result)
     except BaseException:
@@ -65,7 +66,7 @@ def run_job(
 def _train_and_evaluate(
     method, method_class, model_name, dataset, sparsity, epochs, batch_size,
     learning_rate, method_options, seed, max_train, max_test,
-    validation_fraction, data_dir, download, verbose, directory,
+    validation_fraction, data_dir, download, verbose, directory, export,
 ):
     data = datasets.load(dataset, data_dir=data_dir, download=download, max_train=max_train, max_test=max_test)
     (x_train, y_train), (x_val, y_val) = data.validation_split(validation_fraction, seed=seed)
@@ -104,6 +105,13 @@ def _train_and_evaluate(
     stripped.save(directory / "model.keras")
     extra = method.finish(model, directory, retrain) if method else {}
     summary = stats.summary(stripped, print_fn=print if verbose else None)
+    exported = {}
+    if export is not False:
+        from tfsparse import export as export_lib
+
+        tflite = export_lib.to_tflite(stripped, directory / "model.tflite", quantization=export,
+                                      representative_data=x_train[:500], verification_data=data.x_test[:1000])
+        exported = {"tflite": tflite.to_dict(), "tflite_summary": str(tflite).replace(str(directory), "model.tflite")}
     return {
         "settings": {
             "method": method, "model": model_name, "dataset": dataset, "target_sparsity": sparsity,
@@ -120,4 +128,5 @@ def _train_and_evaluate(
         },
         "history": {k: [float(v) for v in values] for k, values in history.history.items()},
         "layers": summary["layers"],
+        **exported,
     }
