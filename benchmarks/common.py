@@ -82,3 +82,42 @@ def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def accuracy_rows(results, sparsities, methods):
+    """Table rows "median (min-max)" of test accuracy % per sparsity and method,
+    and the medians: results maps (sparsity, method) -> list of worker results."""
+    rows, medians = [], {}
+    for sparsity in sparsities:
+        row = [f"{sparsity:.2f}"]
+        for method in methods:
+            values = [100 * r["accuracy"] for r in results[(sparsity, method)]]
+            medians[(sparsity, method)] = median(values)
+            row.append(f"{median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
+        rows.append(row)
+    return rows, medians
+
+
+def plot_accuracy(medians, sparsities, labels, title, path):
+    """Accuracy vs sparsity, one line per method (labels: method -> label)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for method, label in labels.items():
+        axis.plot(sparsities, [medians[(s, method)] for s in sparsities], marker="o", label=label)
+    axis.set(xlabel="sparsity", ylabel="test accuracy % (median)", title=title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def tfmot_job(data, sparsity, seed, end_fraction, **recipe):
+    """tfmot's prune_low_magnitude on the shared recipe: PolynomialDecay 0 ->
+    `sparsity` over `end_fraction` of the steps, frequency 100, every layer at
+    the target."""
+    return dict(recipe, kind="accuracy", library="tfmot", data=data, sparsity=sparsity, seed=seed,
+                end_fraction=end_fraction, frequency=100)

@@ -11,8 +11,8 @@ own subprocess (tfmot under tf_keras).
    update_every 100, drop fraction 0.3 with cosine decay, stop at 75 %), and
    tfmot's prune_low_magnitude (PolynomialDecay 0 -> target over 75 % of
    the steps, frequency 100, every layer at the target).
-3. Overhead: DST-EE (sparsity 0.9, update_every=100) vs the same masked model without
-   it, alternating one-epoch fits (median of the per-pair ratios).
+3. Overhead: DST-EE (sparsity 0.9, update_every=100) vs the plain masked model
+   (no method), alternating one-epoch fits (median of the per-pair ratios).
 
     python benchmarks/dst.py [--model lenet_300_100] [--epochs 15] [--seeds 3]
 
@@ -24,12 +24,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-import common  # noqa: E402
+import common
 
 METHODS = ("dst-ee", "rigl", "set", "tfmot")
 LABELS = {"dst-ee": "DST-EE", "rigl": "RigL", "set": "SET", "tfmot": "tfmot GMP"}
@@ -64,29 +59,21 @@ def main():
             for seed in range(args.seeds):
                 for method in METHODS:
                     if method == "tfmot":
-                        job = dict(base, kind="accuracy", library="tfmot", data=data, sparsity=sparsity,
-                                   seed=seed, end_fraction=0.75, frequency=100)
+                        job = common.tfmot_job(data, sparsity, seed, 0.75, **base)
                         result = common.cached_worker("dst", job, legacy_keras=True, timeout=4 * 3600)
                     else:
                         result = dst(method, sparsity, seed, c=best_c if method == "dst-ee" else 0.0)
                     results.setdefault((sparsity, method), []).append(result)
                     print(f"sparsity {sparsity:.2f} seed {seed} {method:7s} accuracy {result['accuracy']:.4f} "
                           f"sparsity {result['sparsity']:.4f} time {result['train_seconds']:.0f}s", flush=True)
-        overhead = common.cached_worker("dst", dict(kind="dst_overhead", data=data, model=args.model,
+        overhead = common.cached_worker("dst", dict(kind="overhead", method="dst-ee", data=data, model=args.model,
                                                     rounds=args.overhead_rounds, update_every=100, c=best_c,
                                                     sparsity=0.9))
     write(args, source, validation, best_c, results, overhead)
 
 
 def write(args, source, validation, best_c, results, overhead):
-    rows, medians = [], {}
-    for sparsity in args.sparsities:
-        row = [f"{sparsity:.2f}"]
-        for method in METHODS:
-            values = [100 * r["accuracy"] for r in results[(sparsity, method)]]
-            medians[(sparsity, method)] = common.median(values)
-            row.append(f"{common.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
-        rows.append(row)
+    rows, medians = common.accuracy_rows(results, args.sparsities, METHODS)
     goal = [s for s in args.sparsities
             if medians[(s, "dst-ee")] >= medians[(s, "rigl")] and medians[(s, "dst-ee")] >= medians[(s, "set")]]
     missed = [f"{s:.2f}" for s in args.sparsities if s not in goal]
@@ -115,20 +102,14 @@ Coverage (fraction of weights ever active), median:
 
 {common.markdown_table(["sparsity", *[LABELS[m] for m in METHODS[:3]]], coverage_rows)}
 
-Overhead: DST-EE (update_every=100) vs the same masked model without it, alternating one-epoch
+Overhead: DST-EE (update_every=100) vs the plain masked model (no method), alternating one-epoch
 fits: time ratio {ratio:.3f} (median of {len(overhead["ratios"])} pairs; range
 {min(overhead["ratios"]):.2f}-{max(overhead["ratios"]):.2f}; goal <= 1.15).
 """
     common.RESULTS.mkdir(exist_ok=True)
     stem = common.RESULTS / f"dst_{args.model}"
     Path(f"{stem}.md").write_text(text)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for method in METHODS:
-        axis.plot(args.sparsities, [medians[(s, method)] for s in args.sparsities], marker="o", label=LABELS[method])
-    axis.set(xlabel="sparsity", ylabel="test accuracy % (median)", title=f"{args.model}, Fashion-MNIST")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(f"{stem}.png", dpi=100)
+    common.plot_accuracy(medians, args.sparsities, LABELS, f"{args.model}, Fashion-MNIST", f"{stem}.png")
     print(text)
 
 

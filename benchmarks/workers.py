@@ -6,10 +6,10 @@ Jobs (a JSON object on the command line):
   steps, `frequency`), returns test accuracy, sparsity, training seconds.
 - {"kind": "epoch_time", "library": "keras3"|"tf_keras", ...}: per-epoch
   training time of the plain and of the pruned model, interleaved.
-- {"kind": "dst", "method": "dst-ee"|"rigl"|"set", ...}: dynamic sparse
-  training from step 0; test (or, with "validation", held-out) accuracy.
-- {"kind": "dst_overhead", ...}: per-epoch times of DST-EE and of the same
-  masked model without it, interleaved.
+- {"kind": "dst" or "method", "method": "dst-ee"|"rigl"|"set"|"optg"|
+  "magnitude-global", ...}: a tfsparse method on the shared recipe.
+- {"kind": "overhead", "method": ..., ...}: per-epoch times of a method and
+  of the plain masked model, interleaved.
 Under "tfmot"/"tf_keras" the process must run with TF_USE_LEGACY_KERAS=1.
 """
 
@@ -191,7 +191,23 @@ def dst_method(tfsparse, job, x, y, total_steps):
     return tfsparse.methods.get(job["method"])(job["sparsity"], **options)
 
 
-def dst_job(job):
+def make_method(tfsparse, job, x, y, total_steps):
+    """The tfsparse method of a "dst", "optg" or "overhead" job."""
+    if job["method"] in ("dst-ee", "rigl", "set"):
+        return dst_method(tfsparse, job, x, y, total_steps)
+    if job["method"] == "optg":
+        return tfsparse.methods.OptG(job["sparsity"], epochs=job["epochs"])
+    if job["method"] == "magnitude-global":
+        schedule = tfsparse.schedules.PolynomialDecay(
+            0.0, job["sparsity"], begin_step=0, end_step=int(job["end_fraction"] * total_steps) // 100 * 100,
+            frequency=100)
+        return tfsparse.methods.MagnitudePruning(schedule=schedule, allocation="global")
+    raise ValueError(job["method"])
+
+
+def method_job(job):
+    """One tfsparse method (see `make_method`) on the shared recipe; test (or,
+    with "validation", held-out) accuracy."""
     x, y, xt, yt = load(job)
     if job.get("validation"):  # the last 10 % of the training set, never the test set
         cut = int(0.9 * len(x))
@@ -201,10 +217,9 @@ def dst_job(job):
     import tfsparse
 
     keras.utils.set_random_seed(job["seed"])
-    method_class = tfsparse.methods.get(job["method"])
-    model = tfsparse.prune(build(keras, job["model"], x.shape[1:]), **method_class.layer_options)
     steps = int(np.ceil(len(x) / job["batch_size"])) * job["epochs"]
-    method = dst_method(tfsparse, job, x, y, steps)
+    method = make_method(tfsparse, job, x, y, steps)
+    model = tfsparse.prune(build(keras, job["model"], x.shape[1:]), **method.layer_options)
     model.compile(keras.optimizers.Adam(job["learning_rate"]),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     start = time.perf_counter()
@@ -213,15 +228,20 @@ def dst_job(job):
     stripped = tfsparse.strip(model)
     stripped.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     _, accuracy = stripped.evaluate(xt, yt, batch_size=1024, verbose=0)
-    return {"accuracy": float(accuracy), "sparsity": kernel_sparsity(stripped), "train_seconds": seconds,
-            "coverage": method.history[-1]["coverage"], "history": method.history}
+    history = getattr(method, "history", [])
+    result = {"accuracy": float(accuracy), "sparsity": kernel_sparsity(stripped), "train_seconds": seconds,
+              "history": history}
+    if history and "coverage" in history[-1]:
+        result["coverage"] = history[-1]["coverage"]
+    return result
 
 
-def dst_overhead_job(job):
-    """Per-epoch times: DST-EE (update_every 100) vs the same masked model without it.
+def overhead_job(job):
+    """Per-epoch times: a method vs the plain masked model (no method), interleaved.
 
-    Both are pruned the same way (so both run `kernel * mask`); epochs
-    alternate as in `epoch_time_job`, and the first pair (tracing) is dropped.
+    The plain model is `tfsparse.prune(model)` trained without callbacks, so
+    it pays for `kernel * mask` too; epochs alternate as in
+    `epoch_time_job`, and the first pair (tracing) is dropped.
     """
     x, y, _, _ = load(job)
     import keras
@@ -230,28 +250,29 @@ def dst_overhead_job(job):
 
     steps = int(np.ceil(len(x) / 128)) * job["rounds"]
     runs = {}
-    for variant in ("plain", "dst-ee"):
+    for variant in ("plain", "method"):
         keras.utils.set_random_seed(0)
-        model = tfsparse.prune(build(keras, job["model"], x.shape[1:]), **tfsparse.methods.DSTEE.layer_options)
-        callbacks = []
-        if variant == "dst-ee":
-            callbacks = [dst_method(tfsparse, dict(job, method="dst-ee", seed=0), x, y, steps)]
+        callbacks, options = [], {}
+        if variant == "method":
+            method = make_method(tfsparse, dict(job, seed=0, epochs=job["rounds"]), x, y, steps)
+            callbacks, options = [method], method.layer_options
+        model = tfsparse.prune(build(keras, job["model"], x.shape[1:]), **options)
         model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         runs[variant] = (model, callbacks)
-    times = {"plain": [], "dst-ee": []}
-    for _ in range(job["rounds"]):
+    times = {"plain": [], "method": []}
+    for epoch in range(job["rounds"]):
         for variant, (model, callbacks) in runs.items():
             start = time.perf_counter()
-            model.fit(x, y, batch_size=128, epochs=1, verbose=0, callbacks=callbacks)
+            model.fit(x, y, batch_size=128, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=callbacks)
             times[variant].append(time.perf_counter() - start)
     times = {k: v[1:] for k, v in times.items()}
-    times["ratios"] = [d / p for d, p in zip(times["dst-ee"], times["plain"])]
+    times["ratios"] = [m / p for m, p in zip(times["method"], times["plain"])]
     return times
 
 
 if __name__ == "__main__":
     job = json.loads(sys.argv[1])
-    kinds = {"accuracy": accuracy_job, "epoch_time": epoch_time_job, "asni": asni_job, "dst": dst_job,
-             "dst_overhead": dst_overhead_job}
+    kinds = {"accuracy": accuracy_job, "epoch_time": epoch_time_job, "asni": asni_job, "dst": method_job,
+             "method": method_job, "overhead": overhead_job}
     result = kinds[job["kind"]](job)
     print(json.dumps(result))

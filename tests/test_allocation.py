@@ -81,3 +81,10 @@ def test_get_by_name_and_bad_name():
     assert isinstance(allocation.get("global"), allocation.Global)
     with pytest.raises(ValueError, match="allocation='magic'"):
         allocation.get("magic")
+
+
+def test_keep_top_k_breaks_ties_by_the_tiebreak_values():
+    scores = np.array([5.0, 1.0, 1.0, 1.0, 0.0])
+    tiebreak = np.array([0.0, 0.1, 0.9, 0.5, 9.0])
+    np.testing.assert_array_equal(allocation.keep_top_k(scores, 3, tiebreak=tiebreak), [1, 0, 1, 1, 0])
+    np.testing.assert_array_equal(allocation.keep_top_k(scores, 3), [1, 1, 1, 0, 0])  # first positions

@@ -23,8 +23,12 @@ def keep_count(size, sparsity):
     return int(max(round(size * (1.0 - sparsity)), 1))
 
 
-def keep_top_k(scores, k):
-    """Boolean array, True at exactly the `k` largest entries of `scores`."""
+def keep_top_k(scores, k, tiebreak=None):
+    """Boolean array, True at exactly the `k` largest entries of `scores`.
+
+    Ties at the threshold go to the largest `tiebreak` values (an array of
+    the same shape) when given, else to the first positions.
+    """
     flat = np.asarray(scores).reshape(-1)
     n = flat.size
     if k >= n:
@@ -45,8 +49,10 @@ def keep_top_k(scores, k):
     keep = flat > threshold
     missing = k - int(np.count_nonzero(keep))
     if missing > 0:
-        ties = np.flatnonzero(flat == threshold)[:missing]
-        keep[ties] = True
+        ties = np.flatnonzero(flat == threshold)
+        if tiebreak is not None:
+            ties = ties[np.argsort(-np.asarray(tiebreak).reshape(-1)[ties], kind="stable")]
+        keep[ties[:missing]] = True
     return keep.reshape(np.shape(scores))
 
 

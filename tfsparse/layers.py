@@ -181,6 +181,13 @@ class MaskedLayerMixin:
                 self._add_masking_weight(prefix + "scale", (), "ones", trainable=True)
             for name in self.state_names:
                 self._add_masking_weight(prefix + name, shape, "zeros", trainable=False)
+            if self.mask_function is not None:
+                self.mask_function.build(self, MaskedWeight(self, attr))
+
+    def add_masking_weight(self, weight, name, shape, initializer="zeros", trainable=False):
+        """Adds a float32 variable `<prefix><name>` for `weight` (a
+        `MaskedWeight` of this layer), reachable as `weight.state(name)`."""
+        return self._add_masking_weight(weight._prefix + name, shape, initializer, trainable)
 
     def _add_masking_weight(self, name, shape, initializer, trainable):
         variable = self.add_weight(
@@ -191,6 +198,7 @@ class MaskedLayerMixin:
             dtype="float32",
         )
         object.__setattr__(self, name, variable)
+        return variable
 
     @property
     def masked_weights(self):

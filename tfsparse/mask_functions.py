@@ -25,6 +25,11 @@ class MaskFunction:
     def __call__(self, weight, training):
         raise NotImplementedError
 
+    def build(self, layer, weight):
+        """Creates any per-weight variables the function needs in `layer`
+        (through `layer.add_masking_weight`); called once per kernel when
+        the layer is built. Default: none."""
+
     def get_config(self):
         return {}
 
@@ -49,5 +54,10 @@ class StraightThroughScores(MaskFunction):
         mask = ops.convert_to_tensor(weight.mask)
         if not training or weight.score is None:
             return mask
-        score = ops.convert_to_tensor(weight.score)
-        return mask + score - ops.stop_gradient(score)
+        score = self.score_path(weight)
+        # (score - stop_gradient(score)) is exactly 0, so the value is exactly the mask.
+        return mask + (score - ops.stop_gradient(score))
+
+    def score_path(self, weight):
+        """The tensor through which the gradient reaches the score."""
+        return ops.convert_to_tensor(weight.score)

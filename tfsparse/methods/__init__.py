@@ -7,3 +7,4 @@ from tfsparse.methods.base import PruningMethod, get, registered
 from tfsparse.methods.asni import ASNI, AmenableInit, amenable_initialization, amenable_model
 from tfsparse.methods.dst import DSTEE, SET, DynamicSparseTraining, RigL
 from tfsparse.methods.magnitude import MagnitudePruning
+from tfsparse.methods.optg import OptG, ScoreSGD

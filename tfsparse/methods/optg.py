@@ -1,0 +1,224 @@
+"""OptG: supermask scores inside gradient-driven sparsity.
+
+Zhang, Lin et al., "Optimizing Gradient-driven Criteria in Network Sparsity:
+Gradient is All You Need", arXiv:2201.12826; the details follow the authors'
+code (github zyxxmu/OptG) as described in the method notes:
+
+- every pruned kernel W has a score s, initialized to 0, and a 0/1 mask m;
+  forward uses W * m; backward is straight-through: the score receives the
+  signed g * W for every entry (pruned ones included), the kernel g * m;
+- scores are trained by SGD with momentum 0.9 and no weight decay (PyTorch
+  form: v <- 0.9 v + g W, s <- s - lr v) at the mask learning rate
+  lr_mask(e) = lr_w(e) * sigmoid(beta (e - E/2));
+- at the start of each epoch, one global top-k over all scores applies the
+  sparsity s(e) = s_target * sigmoid(beta (e - E/2)); pruned weights keep
+  their values and return when their score rises. Our addition: s(e) is
+  divided by its value at the last epoch, so that the final network has
+  exactly the target also in short runs (`schedules.SigmoidStep`,
+  `end_at_target`); over the paper's 100 epochs this changes nothing.
+
+How the score optimizer runs inside plain `model.fit` (our design): the
+score and its momentum are trainable variables marked
+`overwrite_with_gradient` (the Keras 3 mechanism behind its float8 training:
+the optimizer assigns such a variable its "gradient" instead of applying its
+update rule). A custom gradient turns g * W into the new momentum and the new
+score, so the user's optimizer (SGD, Adam, anything) trains the weights and
+never touches the scores, and no custom train_step is needed. lr_w(e) is the
+user's optimizer learning rate at the start of epoch e (its schedule
+included); a global top-k is invariant to a constant factor on all scores, so
+only the shape of lr_w over time matters, not its scale.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfsparse import allocation as allocation_lib
+from tfsparse import schedules
+from tfsparse.mask_functions import StraightThroughScores
+from tfsparse.methods.base import PruningMethod, register
+
+MOMENTUM = "score_momentum"
+LEARNING_RATE = "score_learning_rate"
+
+
+@keras.saving.register_keras_serializable(package="tfsparse")
+class ScoreSGD(StraightThroughScores):
+    """Straight-through scores that update themselves by SGD with momentum.
+
+    Forward: the `mask` variable. Backward: with u = g * kernel (the
+    straight-through gradient of the score), the score's momentum becomes
+    `momentum * v + u` and the score `s - lr * v_new`, where lr is the
+    per-kernel `score_learning_rate` variable that `OptG` sets each epoch.
+    Both are written by the optimizer through `overwrite_with_gradient`.
+    No weight decay reaches the scores.
+    """
+
+    def __init__(self, momentum=0.9):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1). Received: momentum={momentum}")
+        self.momentum = float(momentum)
+
+    def build(self, layer, weight):
+        if weight.score is None:
+            raise ValueError(
+                f"ScoreSGD needs score variables; layer '{layer.name}' was built without. "
+                "Use with_score=True (see OptG.layer_options)."
+            )
+        velocity = layer.add_masking_weight(weight, MOMENTUM, weight.shape, trainable=True)
+        layer.add_masking_weight(weight, LEARNING_RATE, (), trainable=False)
+        weight.score.overwrite_with_gradient = True
+        velocity.overwrite_with_gradient = True
+
+    def score_path(self, weight):
+        momentum = self.momentum
+        learning_rate = ops.copy(weight.state(LEARNING_RATE))
+
+        @ops.custom_gradient
+        def scores(score, velocity):
+            def update(upstream):
+                new_velocity = momentum * velocity + ops.cast(upstream, velocity.dtype)
+                return score - learning_rate * new_velocity, new_velocity
+
+            return ops.copy(score), update
+
+        # Tensors, not variables, go in: tf.custom_gradient treats variables read
+        # inside the function differently (they would need a `variables` argument).
+        return scores(ops.copy(weight.score), ops.copy(weight.state(MOMENTUM)))
+
+    def get_config(self):
+        return {"momentum": self.momentum}
+
+
+@register(
+    "optg",
+    "OptG: straight-through supermask scores (signed g*W) with a per-epoch global top-k on a sigmoid schedule.",
+    "Zhang, Lin et al., 'Optimizing Gradient-driven Criteria in Network Sparsity', arXiv:2201.12826",
+)
+class OptG(PruningMethod):
+    """OptG as a Keras callback (with the `ScoreSGD` mask function).
+
+    Args:
+        target_sparsity: final sparsity in [0, 1).
+        epochs: E of the schedules; defaults to the `epochs` given to `fit`.
+        beta: steepness of the sigmoid (1 in the paper's code).
+
+    The score optimizer's momentum (0.9, as in the code) belongs to the
+    layers' mask function: `tfsparse.prune(model, with_score=True,
+    mask_function=ScoreSGD(momentum=...))` changes it.
+
+    Example:
+
+    ```python
+    model = tfsparse.prune(model, **OptG.layer_options)
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), loss, metrics=["accuracy"])
+    model.fit(x, y, epochs=30, callbacks=[OptG(0.95)])
+    ```
+
+    `history` holds, per epoch: the applied sparsity, the mask learning
+    rate and the fraction of mask entries that flipped; `plot_history` draws
+    them.
+    """
+
+    cli_options = {
+        "beta": dict(type=float, default=1.0, help="steepness of OptG's sigmoid schedules"),
+    }
+    # ScoreSGD keeps no state of its own (its variables live in each layer),
+    # so one instance can serve every layer and model.
+    layer_options = {"with_score": True, "mask_function": ScoreSGD()}
+
+    def __init__(self, target_sparsity, epochs=None, beta=1.0):
+        super().__init__()
+        schedules._check_sparsity(target_sparsity, "target_sparsity")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+            raise ValueError(f"`epochs` must be a positive integer or None. Received: epochs={epochs!r}")
+        if beta <= 0:
+            raise ValueError(f"`beta` must be > 0. Received: beta={beta}")
+        self.target_sparsity = target_sparsity
+        self.epochs = epochs
+        self.beta = float(beta)
+        self.schedule = None
+        self.history = []
+
+    @classmethod
+    def from_cli(cls, target_sparsity, epochs, train_data, **options):
+        return cls(target_sparsity, epochs=epochs, **options)
+
+
+    def _check_layer_options(self):
+        for weight in self.masked_weights:
+            if not isinstance(weight.layer.mask_function, ScoreSGD):
+                raise ValueError(
+                    f"OptG trains scores through the ScoreSGD mask function, and layer "
+                    f"'{weight.layer.name}' has mask_function={weight.layer.mask_function!r}. "
+                    "Prune for this method: `tfsparse.prune(model, **OptG.layer_options)` "
+                    "(that is `tfsparse.prune(model, with_score=True, "
+                    "mask_function=tfsparse.methods.optg.ScoreSGD())`)."
+                )
+
+    def on_train_begin(self, logs=None):
+        epochs = self.epochs or self.params.get("epochs")
+        self.schedule = schedules.SigmoidStep(self.target_sparsity, epochs, self.beta, end_at_target=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        sparsity = self.schedule(epoch)
+        learning_rate = self.mask_learning_rate(epoch)
+        before = self.masks()
+        after = self.global_top_k(sparsity)
+        self.assign_masks(after, zero_pruned=False)
+        for weight in self.masked_weights:
+            weight.state(LEARNING_RATE).assign(learning_rate)
+        flipped = sum(int(np.count_nonzero(before[n] != after[n])) for n in after)
+        total = sum(w.size for w in self.masked_weights)
+        self.history.append({"epoch": epoch, "sparsity": sparsity, "mask_learning_rate": learning_rate,
+                             "flip_fraction": flipped / total})
+
+    def global_top_k(self, sparsity):
+        """Masks keeping the highest scores over all layers at `sparsity`.
+
+        Equal scores (all of them at the start, when every score is 0) are
+        ranked by |kernel| (our choice; the code's top-k breaks ties
+        arbitrarily). With the paper's 100 epochs nothing is pruned while the
+        scores are all 0; in short runs the first epochs already prune, and an
+        arbitrary choice there can empty whole layers.
+        """
+        names = [w.name for w in self.masked_weights]
+        scores = {w.name: keras.ops.convert_to_numpy(w.score) for w in self.masked_weights}
+        allocation_lib._check_finite(scores)
+        magnitudes = np.concatenate([np.abs(kernel).ravel() for kernel in self.kernels().values()])
+        flat = np.concatenate([scores[name].ravel() for name in names])
+        keep = allocation_lib.keep_top_k(flat, allocation_lib.keep_count(flat.size, sparsity), tiebreak=magnitudes)
+        sizes = np.cumsum([scores[name].size for name in names])[:-1]
+        return {name: part.reshape(scores[name].shape) for name, part in zip(names, np.split(keep, sizes))}
+
+    def mask_learning_rate(self, epoch):
+        """lr_w(epoch) * sigmoid(beta * (epoch - E/2))."""
+        weight_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        return weight_rate * schedules._sigmoid(self.beta * (epoch - 0.5 * self.schedule.total_epochs))
+
+    def finish(self, model, directory, retrain):
+        plot_history(self.history, directory / "optg.png")
+        return {"mask_flips_last_epoch": self.history[-1]["flip_fraction"]} if self.history else {}
+
+
+def plot_history(history, path):
+    """Sparsity and mask learning rate per epoch; fraction of mask flips per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.plot(epochs, [h["sparsity"] for h in history], marker="o", label="sparsity s(e)")
+    left.set(xlabel="epoch", ylabel="sparsity", title="OptG schedules")
+    rate_axis = left.twinx()
+    rate_axis.plot(epochs, [h["mask_learning_rate"] for h in history], color="tab:orange", label="mask lr")
+    rate_axis.set_ylabel("mask learning rate")
+    left.legend(loc="upper left")
+    rate_axis.legend(loc="lower right")
+    right.bar(epochs, [h["flip_fraction"] for h in history])
+    right.set(xlabel="epoch", ylabel="fraction of mask entries flipped", title="mask flips at each epoch start")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
