@@ -254,12 +254,15 @@ class DynamicSparseTraining(PruningMethod):
 class DSTEE(DynamicSparseTraining):
     """DST-EE: grow by |dL/dw| + c * sqrt(ln t / (N + eps)).
 
-    `c` defaults to 1e-3 (our choice: the paper's value is not known). It was
-    picked on a validation split of Fashion-MNIST with LeNet-300-100 at
-    sparsity 0.95 from {1e-4, 3e-4, 1e-3, 3e-3, 1e-2}; the two terms have
-    the units of a gradient, so a different loss scale needs a different c.
-    The run's `history` logs both terms' mean over the grown weights; keep
-    them of the same order. All other arguments: `DynamicSparseTraining`.
+    `c` defaults to 1e-2 (our choice: the paper's value is not known). It
+    was picked on a validation split of Fashion-MNIST (LeNet-300-100,
+    sparsity 0.95, 15 epochs, Adam 1e-3) from {1e-4, 3e-4, 1e-3, 3e-3, 1e-2}:
+    88.42 % at 1e-2 against 87.73 % at 1e-3 (benchmarks/results/dst_*.md).
+    The terms have the units of a gradient, so another loss scale needs
+    another c. The run's `history` logs both terms' means over the grown
+    weights; with c = 1e-2 the bonus of never-active weights (~0.03)
+    outweighs typical gradients (~0.006), so early rounds explore widely.
+    All other arguments: `DynamicSparseTraining`.
 
     Example:
 
@@ -273,10 +276,10 @@ class DSTEE(DynamicSparseTraining):
 
     cli_options = {
         **DynamicSparseTraining.cli_options,
-        "c": dict(type=float, default=1e-3, help="exploration weight c of the grow score"),
+        "c": dict(type=float, default=1e-2, help="exploration weight c of the grow score"),
     }
 
-    def __init__(self, target_sparsity, c=1e-3, **kwargs):
+    def __init__(self, target_sparsity, c=1e-2, **kwargs):
         super().__init__(target_sparsity, c=c, grow="score", **kwargs)
 
 
