@@ -123,3 +123,16 @@ def test_export_command_and_run_with_export(trained_pruned, tmp_path, capsys):
     assert result["tflite"]["max_abs_error"] <= 1e-4 and result["tflite"]["samples"] == 300
     assert (run_out / "model.tflite").stat().st_size == result["tflite"]["size_bytes"]
     assert "TFLite export" in (run_out / "report.md").read_text()
+
+
+def test_xnnpack_policy_selects_only_1x1_stride_1_convolutions_on_feature_maps():
+    layers = keras.layers
+    inputs = keras.Input((9, 9, 3))
+    x = layers.Conv2D(8, 3, strides=2, padding="same", name="stem")(inputs)
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = layers.Conv2D(16, 1, name="pointwise")(x)
+    x = layers.Conv2D(16, 1, strides=2, name="strided_pointwise")(x)
+    x = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    x = layers.Conv2D(10, 1, name="classifier_on_1x1")(x)
+    pruned = tfsparse.prune(keras.Model(inputs, x), layers=export.xnnpack_sparse_layer)
+    assert [w.name for w in tfsparse.masked_weights(pruned)] == ["pointwise/kernel"]

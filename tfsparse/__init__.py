@@ -1,6 +1,6 @@
 """tfsparse: pruning and sparse training for Keras 3."""
 
-from tfsparse import allocation, callbacks, datasets, layers, mask_functions, methods, models, schedules
+from tfsparse import allocation, callbacks, datasets, export, layers, mask_functions, methods, models, schedules
 from tfsparse.gradients import dense_gradients
 from tfsparse.stats import sparsity, summary
 from tfsparse.surgery import masked_weights, prune, strip

@@ -178,6 +178,30 @@ def to_tflite(
     )
 
 
+def xnnpack_sparse_layer(layer):
+    """Layer selector for XNNPACK's sparse inference path (a `layers=` of
+    `tfsparse.prune`).
+
+    XNNPACK runs float 1x1 convolutions (stride 1, no groups or dilation,
+    on feature maps larger than 1x1) with sparse kernels when at least 2/3
+    of their weights are zero and they sit in a MobileNet-like subgraph; the
+    same rule as tfmot's `PruneForLatencyOnXNNPack`. Prune the selected layers
+    to 0.7-0.9 and export in float32 (`quantization=None` or "float16").
+
+    Example: `tfsparse.prune(mobilenet, layers=tfsparse.export.xnnpack_sparse_layer)`
+    """
+    if type(layer) is not keras.layers.Conv2D:
+        return False
+    spatial = tuple(layer.input.shape[1:3]) if getattr(layer, "_inbound_nodes", None) else ()
+    return (
+        tuple(layer.kernel_size) == (1, 1)
+        and tuple(layer.strides) == (1, 1)
+        and tuple(layer.dilation_rate) == (1, 1)
+        and layer.groups == 1
+        and spatial != (1, 1)
+    )
+
+
 def interpreter(path_or_content, options=None, num_threads=None):
     """A LiteRT interpreter with `options` from an `ExportReport`."""
     from ai_edge_litert import interpreter as litert
