@@ -11,7 +11,6 @@ import tfsparse
 from tfsparse import cli, models
 from tfsparse.methods import OptG
 from tfsparse.methods.base import optimizer_slots
-from tfsparse.methods.optg import LEARNING_RATE, MOMENTUM
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -31,10 +30,10 @@ def hand_made_layer():
 
 def test_scores_start_at_zero_and_are_written_by_the_optimizer():
     model, weight = hand_made_layer()
-    for variable in (weight.score, weight.state(MOMENTUM)):
+    for variable in (weight.score, weight.state("score_velocity")):
         assert variable.trainable and variable.overwrite_with_gradient
         assert np.all(keras.ops.convert_to_numpy(variable) == 0)
-    assert not weight.state(LEARNING_RATE).trainable
+    assert not weight.state("score_learning_rate").trainable
 
 
 def test_straight_through_gradients_and_the_score_sgd_step():
@@ -42,13 +41,13 @@ def test_straight_through_gradients_and_the_score_sgd_step():
     score0 = np.array([[0.1, -0.2], [0.0, 0.3], [0.05, 0.0]], "float32")
     velocity0 = np.array([[1.0, 0.0], [-1.0, 2.0], [0.5, 0.5]], "float32")
     weight.score.assign(score0)
-    weight.state(MOMENTUM).assign(velocity0)
-    weight.state(LEARNING_RATE).assign(0.5)
+    weight.state("score_velocity").assign(velocity0)
+    weight.state("score_learning_rate").assign(0.5)
     x = np.array([[1.0, 2.0, 3.0]], "float32")
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(model(x, training=True))  # dL/dW_eff[i, j] = x[i]
     gradients = dict(zip(["kernel", "score", "velocity"], tape.gradient(
-        loss, [weight.kernel, weight.score, weight.state(MOMENTUM)])))
+        loss, [weight.kernel, weight.score, weight.state("score_velocity")])))
     g = np.repeat(x.T, 2, axis=1)
     kernel = keras.ops.convert_to_numpy(weight.kernel)
     mask = keras.ops.convert_to_numpy(weight.mask)
@@ -66,7 +65,7 @@ def test_a_training_step_with_adam_applies_exactly_the_score_update(mnist_subset
     model.compile(keras.optimizers.Adam(1e-3), LOSS)
     x, y = mnist_subset.x_train[:64], mnist_subset.y_train[:64]
     for weight in tfsparse.masked_weights(model):
-        weight.state(LEARNING_RATE).assign(0.25)
+        weight.state("score_learning_rate").assign(0.25)
     g = tfsparse.dense_gradients(model, x, y)
     kernels = {w.name: keras.ops.convert_to_numpy(w.kernel) for w in tfsparse.masked_weights(model)}
     model.train_on_batch(x, y)

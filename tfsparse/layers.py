@@ -216,7 +216,8 @@ class MaskedLayerMixin:
         dtype = self.compute_dtype
         effective = ops.multiply(_cast(kernel, dtype), _cast(mask, dtype))
         if handle.scale is not None:
-            effective = ops.multiply(effective, _cast(handle.scale, dtype))
+            scale = handle.scale if self.mask_function is None else self.mask_function.scale_tensor(handle)
+            effective = ops.multiply(effective, _cast(scale, dtype))
         if self._gradient_probes is not None and attr in self._gradient_probes:
             effective = ops.add(effective, _cast(self._gradient_probes[attr], dtype))
         return effective

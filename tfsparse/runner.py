@@ -74,8 +74,8 @@ def _train_and_evaluate(
     model = models.get(model_name, data.input_shape, data.num_classes)
     method = None
     if method_class is not None:
-        model = prune(model, **method_class.layer_options)
         method = method_class.from_cli(sparsity, epochs, (x_train, y_train), **method_options)
+        model = prune(model, **method.layer_options)
 
     def train(model, method_callbacks):
         model.compile(

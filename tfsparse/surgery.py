@@ -9,7 +9,6 @@ name after cloning.
 import fnmatch
 
 import keras
-import numpy as np
 
 from tfsparse import layers as masked_layers
 

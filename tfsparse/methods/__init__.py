@@ -6,5 +6,6 @@
 from tfsparse.methods.base import PruningMethod, get, registered
 from tfsparse.methods.asni import ASNI, AmenableInit, amenable_initialization, amenable_model
 from tfsparse.methods.dst import DSTEE, SET, DynamicSparseTraining, RigL
+from tfsparse.methods.frozen import ASLP, EdgePopup, Supermask
 from tfsparse.methods.magnitude import MagnitudePruning
-from tfsparse.methods.optg import OptG, ScoreSGD
+from tfsparse.methods.optg import OptG

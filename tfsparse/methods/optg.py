@@ -18,12 +18,10 @@ code (github zyxxmu/OptG) as described in the method notes:
   `end_at_target`); over the paper's 100 epochs this changes nothing.
 
 How the score optimizer runs inside plain `model.fit` (our design): the
-score and its momentum are trainable variables marked
-`overwrite_with_gradient` (the Keras 3 mechanism behind its float8 training:
-the optimizer assigns such a variable its "gradient" instead of applying its
-update rule). A custom gradient turns g * W into the new momentum and the new
-score, so the user's optimizer (SGD, Adam, anything) trains the weights and
-never touches the scores, and no custom train_step is needed. lr_w(e) is the
+scores train themselves by SGD with momentum in the backward pass
+(`tfsparse.mask_functions.ScoreSGD`, see `SelfUpdatingSGD`), so the user's
+optimizer (SGD, Adam, anything) trains the weights and never touches the
+scores, and no custom train_step is needed. lr_w(e) is the
 user's optimizer learning rate at the start of epoch e (its schedule
 included); a global top-k is invariant to a constant factor on all scores, so
 only the shape of lr_w over time matters, not its scale.
@@ -31,63 +29,12 @@ only the shape of lr_w over time matters, not its scale.
 
 import keras
 import numpy as np
-from keras import ops
 
 from tfsparse import allocation as allocation_lib
 from tfsparse import schedules
-from tfsparse.mask_functions import StraightThroughScores
+from tfsparse.mask_functions import ScoreSGD, set_learning_rate
 from tfsparse.methods.base import PruningMethod, register
 
-MOMENTUM = "score_momentum"
-LEARNING_RATE = "score_learning_rate"
-
-
-@keras.saving.register_keras_serializable(package="tfsparse")
-class ScoreSGD(StraightThroughScores):
-    """Straight-through scores that update themselves by SGD with momentum.
-
-    Forward: the `mask` variable. Backward: with u = g * kernel (the
-    straight-through gradient of the score), the score's momentum becomes
-    `momentum * v + u` and the score `s - lr * v_new`, where lr is the
-    per-kernel `score_learning_rate` variable that `OptG` sets each epoch.
-    Both are written by the optimizer through `overwrite_with_gradient`.
-    No weight decay reaches the scores.
-    """
-
-    def __init__(self, momentum=0.9):
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1). Received: momentum={momentum}")
-        self.momentum = float(momentum)
-
-    def build(self, layer, weight):
-        if weight.score is None:
-            raise ValueError(
-                f"ScoreSGD needs score variables; layer '{layer.name}' was built without. "
-                "Use with_score=True (see OptG.layer_options)."
-            )
-        velocity = layer.add_masking_weight(weight, MOMENTUM, weight.shape, trainable=True)
-        layer.add_masking_weight(weight, LEARNING_RATE, (), trainable=False)
-        weight.score.overwrite_with_gradient = True
-        velocity.overwrite_with_gradient = True
-
-    def score_path(self, weight):
-        momentum = self.momentum
-        learning_rate = ops.copy(weight.state(LEARNING_RATE))
-
-        @ops.custom_gradient
-        def scores(score, velocity):
-            def update(upstream):
-                new_velocity = momentum * velocity + ops.cast(upstream, velocity.dtype)
-                return score - learning_rate * new_velocity, new_velocity
-
-            return ops.copy(score), update
-
-        # Tensors, not variables, go in: tf.custom_gradient treats variables read
-        # inside the function differently (they would need a `variables` argument).
-        return scores(ops.copy(weight.score), ops.copy(weight.state(MOMENTUM)))
-
-    def get_config(self):
-        return {"momentum": self.momentum}
 
 
 @register(
@@ -167,7 +114,7 @@ class OptG(PruningMethod):
         after = self.global_top_k(sparsity)
         self.assign_masks(after, zero_pruned=False)
         for weight in self.masked_weights:
-            weight.state(LEARNING_RATE).assign(learning_rate)
+            set_learning_rate(weight, "score", learning_rate)
         flipped = sum(int(np.count_nonzero(before[n] != after[n])) for n in after)
         total = sum(w.size for w in self.masked_weights)
         self.history.append({"epoch": epoch, "sparsity": sparsity, "mask_learning_rate": learning_rate,
