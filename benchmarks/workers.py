@@ -197,12 +197,38 @@ def make_method(tfsparse, job, x, y, total_steps):
         return dst_method(tfsparse, job, x, y, total_steps)
     if job["method"] == "optg":
         return tfsparse.methods.OptG(job["sparsity"], epochs=job["epochs"])
+    if job["method"] in ("aslp", "aslp-norescale"):
+        return tfsparse.methods.ASLP(smart_rescale=job["method"] == "aslp", seed=job["seed"])
+    if job["method"] == "supermask":
+        return tfsparse.methods.Supermask(seed=job["seed"])
+    if job["method"] == "edge-popup":
+        return tfsparse.methods.EdgePopup(job["keep_fraction"], seed=job["seed"])
     if job["method"] == "magnitude-global":
         schedule = tfsparse.schedules.PolynomialDecay(
             0.0, job["sparsity"], begin_step=0, end_step=int(job["end_fraction"] * total_steps) // 100 * 100,
             frequency=100)
         return tfsparse.methods.MagnitudePruning(schedule=schedule, allocation="global")
     raise ValueError(job["method"])
+
+
+def validation_tracker(x, y):
+    """A callback recording, after every epoch, the inference network's
+    accuracy on the last 10 % of (x, y), which the caller holds out from
+    training (`cut` is where the held-out part begins)."""
+    import keras
+
+    class ValidationTracker(keras.callbacks.Callback):
+        cut = int(0.9 * len(x))
+
+        def __init__(self):
+            super().__init__()
+            self.accuracies = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            logits = self.model.predict(x[self.cut:], batch_size=1024, verbose=0)
+            self.accuracies.append(float(np.mean(logits.argmax(-1) == y[self.cut:])))
+
+    return ValidationTracker()
 
 
 def method_job(job):
@@ -222,8 +248,11 @@ def method_job(job):
     model = tfsparse.prune(build(keras, job["model"], x.shape[1:]), **method.layer_options)
     model.compile(keras.optimizers.Adam(job["learning_rate"]),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    tracker = validation_tracker(x, y) if job.get("track_validation") else None
+    if tracker:
+        x, y = x[:tracker.cut], y[:tracker.cut]
     start = time.perf_counter()
-    fit_same_batches(model, x, y, job, [method])
+    fit_same_batches(model, x, y, job, [method] + ([tracker] if tracker else []))
     seconds = time.perf_counter() - start
     stripped = tfsparse.strip(model)
     stripped.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
@@ -231,6 +260,8 @@ def method_job(job):
     history = getattr(method, "history", [])
     result = {"accuracy": float(accuracy), "sparsity": kernel_sparsity(stripped), "train_seconds": seconds,
               "history": history}
+    if tracker:
+        result["val_accuracy"] = tracker.accuracies
     if history and "coverage" in history[-1]:
         result["coverage"] = history[-1]["coverage"]
     return result
