@@ -74,6 +74,23 @@ def build_parser():
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     export.set_defaults(handler=_export)
 
+    compress = commands.add_parser("compress", help="quantize and losslessly encode a .keras model into a .tfsz file",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    compress.add_argument("model", help="a .keras file (masked or stripped)")
+    compress.add_argument("--out", required=True, help="the .tfsz file to write")
+    compress.add_argument("--bits", type=int, help="bits for every layer (default: searched with --data)")
+    compress.add_argument("--data", choices=list(datasets.NAMES), help="calibration data for the bit search")
+    compress.add_argument("--budget", type=float, default=0.01, help="KL budget of the bit search")
+    compress.add_argument("--data-dir", help="directory with local data files (see tfsparse.datasets)")
+    compress.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    compress.set_defaults(handler=_compress)
+
+    decompress = commands.add_parser("decompress", help="turn a .tfsz file back into a .keras model")
+    decompress.add_argument("file", help="a .tfsz file")
+    decompress.add_argument("--out", required=True, help="the .keras file to write")
+    decompress.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    decompress.set_defaults(handler=_decompress)
+
     inspect = commands.add_parser("inspect", help="per-layer table of a .keras file, per-tensor table of a .tflite file")
     inspect.add_argument("file")
     inspect.set_defaults(handler=_inspect)
@@ -132,22 +149,14 @@ def _quantization(choice):
 
 
 def _export(args, parser):
-    import keras
-
     from tfsparse import datasets, export
 
-    source, out = Path(args.model), Path(args.out)
-    if not source.is_file():
-        raise FileNotFoundError(f"No such model file: {source}")
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it.")
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
     quantization = _quantization(args.quantization)
     if quantization == "int8" and args.data is None:
         parser.error("--quantization int8 needs --data (calibration inputs)")
-    try:
-        model = keras.models.load_model(source, compile=False)
-    except Exception as error:  # Keras raises many types for a bad archive
-        raise ValueError(f"Could not read {source} as a Keras model ({type(error).__name__}: {error})") from error
+    model = _load_keras(Path(args.model))
     representative = verification = None
     if args.data is not None:
         data = datasets.load(args.data, data_dir=args.data_dir, max_train=1000, max_test=1000)
@@ -155,6 +164,50 @@ def _export(args, parser):
     report = export.to_tflite(model, out, quantization=quantization, representative_data=representative,
                               sparse=not args.dense, int8_io=args.int8_io, verification_data=verification)
     print(report)
+
+
+def _load_keras(source):
+    import keras
+
+    if not source.is_file():
+        raise FileNotFoundError(f"No such model file: {source}")
+    try:
+        return keras.models.load_model(source, compile=False)
+    except Exception as error:  # Keras raises many types for a bad archive
+        raise ValueError(f"Could not read {source} as a Keras model ({type(error).__name__}: {error})") from error
+
+
+def _refuse_existing(out, overwrite):
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it.")
+
+
+def _compress(args, parser):
+    from tfsparse import compression, datasets
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
+    if (args.bits is None) == (args.data is None):
+        parser.error("give either --bits N or --data NAME (to search the bits per layer)")
+    model = _load_keras(Path(args.model))
+    bits = args.bits
+    if bits is None:
+        data = datasets.load(args.data, data_dir=args.data_dir, max_train=1024, max_test=1)
+        bits, divergence = compression.search_bits(model, data.x_train, divergence_budget=args.budget)
+        print(f"searched bits per layer (KL {divergence:.4g} <= {args.budget}): {bits}")
+    print(compression.compress(model, out, bits=bits))
+
+
+def _decompress(args, parser):
+    from tfsparse import compression
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
+    if not Path(args.file).is_file():
+        raise FileNotFoundError(f"No such file: {args.file}")
+    model = compression.decompress(args.file)
+    model.save(out)
+    print(f"wrote {out}")
 
 
 def _all_method_options():
@@ -205,8 +258,6 @@ def _has_fashion_mnist():
 
 
 def _inspect(args, parser):
-    import keras
-
     from tfsparse import stats
 
     path = Path(args.file)
@@ -219,11 +270,7 @@ def _inspect(args, parser):
         return
     if path.suffix != ".keras":
         raise ValueError(f"tfsparse inspect reads .keras and .tflite files. Received: {path}")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as error:  # Keras raises many types for a bad archive
-        raise ValueError(f"Could not read {path} as a Keras model ({type(error).__name__}: {error})") from error
-    stats.summary(model)
+    stats.summary(_load_keras(path))
 
 
 def _methods(args, parser):

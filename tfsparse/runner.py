@@ -103,7 +103,7 @@ def _train_and_evaluate(
     train_seconds = time.perf_counter() - started
     stripped, metrics = test_metrics(model)
     stripped.save(directory / "model.keras")
-    extra = method.finish(model, directory, retrain) if method else {}
+    extra = method.finish(model, directory, retrain, lambda m: test_metrics(m)[1]) if method else {}
     summary = stats.summary(stripped, print_fn=print if verbose else None)
     exported = {}
     if export is not False:

@@ -6,6 +6,7 @@
 from tfsparse.methods.base import PruningMethod, get, registered
 from tfsparse.methods.asni import ASNI, AmenableInit, amenable_initialization, amenable_model
 from tfsparse.methods.dst import DSTEE, SET, DynamicSparseTraining, RigL
+from tfsparse.methods.evolution import DirectedEvolution, DirectedEvolutionRun, magnitude_baseline
 from tfsparse.methods.frozen import ASLP, EdgePopup, Supermask
 from tfsparse.methods.magnitude import MagnitudePruning
 from tfsparse.methods.optg import OptG

@@ -122,7 +122,7 @@ class ASNI(PruningMethod):
         sparsity = 1.0 - sum(int(m.sum()) for m in masks.values()) / sum(m.size for m in masks.values())
         self.log.append((epoch, self.schedule(epoch), sparsity, fraction > 0))
 
-    def finish(self, model, directory, retrain):
+    def finish(self, model, directory, retrain, evaluate):
         """Schedule plot; with `retrain_amenable`, the whole ASNI-II phase."""
         plot_schedule(self, directory / "asni_schedule.png")
         if not self.retrain_amenable:

@@ -59,13 +59,14 @@ class PruningMethod(keras.callbacks.Callback):
         `(x, y)` (for methods that need batches of their own) and options."""
         return cls(target_sparsity, **options)
 
-    def finish(self, model, directory, retrain):
+    def finish(self, model, directory, retrain, evaluate):
         """Called by `tfsparse run` after training: writes the method's own
         artifacts into `directory` and runs any later phase.
 
         `retrain(new_model)` compiles `new_model` with a fresh optimizer,
         trains it with the run's recipe and no method (masks stay fixed) and
-        returns its test metrics. Returns extra metrics for the report.
+        returns its test metrics; `evaluate(model)` returns the test metrics
+        of a model as it is. Returns extra metrics for the report.
         """
         return {}
 

@@ -238,7 +238,7 @@ class DynamicSparseTraining(PruningMethod):
         )
         return ever / sum(w.size for w in self.masked_weights)
 
-    def finish(self, model, directory, retrain):
+    def finish(self, model, directory, retrain, evaluate):
         if not self.history:
             return {}
         plot_coverage(self.history, directory / "coverage.png", title=type(self).__name__)

@@ -120,7 +120,7 @@ class FrozenWeightsMethod(PruningMethod):
         if logs is not None:
             logs["mask_sparsity"] = sparsity
 
-    def finish(self, model, directory, retrain):
+    def finish(self, model, directory, retrain, evaluate):
         if self.history:
             plot_history(self.history, directory / "subnetwork.png", type(self).__name__)
         return {}

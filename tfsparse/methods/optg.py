@@ -143,7 +143,7 @@ class OptG(PruningMethod):
         weight_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         return weight_rate * schedules._sigmoid(self.beta * (epoch - 0.5 * self.schedule.total_epochs))
 
-    def finish(self, model, directory, retrain):
+    def finish(self, model, directory, retrain, evaluate):
         plot_history(self.history, directory / "optg.png")
         return {"mask_flips_last_epoch": self.history[-1]["flip_fraction"]} if self.history else {}
 
