@@ -190,12 +190,15 @@ class MaskedLayerMixin:
         return self._add_masking_weight(weight._prefix + name, shape, initializer, trainable)
 
     def _add_masking_weight(self, name, shape, initializer, trainable):
+        # autocast=False: under mixed_float16, masks, scores, scales and their
+        # optimizer state are read and updated in float32.
         variable = self.add_weight(
             name=name,
             shape=shape,
             initializer=initializer,
             trainable=trainable,
             dtype="float32",
+            autocast=False,
         )
         object.__setattr__(self, name, variable)
         return variable

@@ -79,15 +79,19 @@ class StraightThroughScores(MaskFunction):
         return ops.convert_to_tensor(weight.score)
 
 
-def _sgd_momentum_path(value, velocity, learning_rate, momentum):
+def _sgd_momentum_path(value, velocity, learning_rate, momentum, loss_scale=None):
     """Equals `value`; its gradients are the SGD-momentum updates of the
     variables behind `value` and `velocity` (PyTorch form: v <- m v + u,
-    x <- x - lr v, with u the incoming gradient)."""
+    x <- x - lr v, with u the incoming gradient divided by `loss_scale`:
+    a LossScaleOptimizer does not unscale variables it overwrites)."""
 
     @ops.custom_gradient
     def path(value, velocity):
         def update(upstream):
-            new_velocity = momentum * velocity + ops.cast(upstream, velocity.dtype)
+            gradient = ops.cast(upstream, velocity.dtype)
+            if loss_scale is not None:
+                gradient = gradient / ops.cast(loss_scale, velocity.dtype)
+            new_velocity = momentum * velocity + gradient
             return value - learning_rate * new_velocity, new_velocity
 
         return ops.copy(value), update
@@ -136,11 +140,26 @@ class SelfUpdatingSGD(MaskFunction):
         # read inside the function differently (they need a `variables` argument).
         return _sgd_momentum_path(
             ops.copy(getattr(weight, name)), ops.copy(weight.state(f"{name}_velocity")),
-            ops.copy(weight.state(f"{name}_learning_rate")), self.momentum,
+            ops.copy(weight.state(f"{name}_learning_rate")), self.momentum, _loss_scale(weight.layer),
         )
 
     def get_config(self):
         return {"momentum": self.momentum}
+
+
+def use_loss_scale_of(optimizer, layers):
+    """Lets the layers' self-updating variables undo `optimizer`'s loss
+    scaling (mixed precision). Methods call it when training starts."""
+    scaling = optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
+    for layer in layers:
+        object.__setattr__(layer, "_loss_scale_optimizer", scaling)
+
+
+def _loss_scale(layer):
+    optimizer = getattr(layer, "_loss_scale_optimizer", None)
+    if optimizer is None:
+        return None
+    return optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
 
 
 def set_learning_rate(weight, name, learning_rate):

@@ -11,6 +11,7 @@ optimizer's slots consistent with the new masks.
 import keras
 import numpy as np
 
+from tfsparse.mask_functions import use_loss_scale_of
 from tfsparse.surgery import masked_weights
 
 _REGISTRY = {}
@@ -84,6 +85,7 @@ class PruningMethod(keras.callbacks.Callback):
                 "`model = tfsparse.prune(model)` before calling fit."
             )
         self._check_layer_options()
+        use_loss_scale_of(getattr(model, "optimizer", None), {id(w.layer): w.layer for w in self.masked_weights}.values())
 
     def _check_layer_options(self):
         """Raises when the masked layers lack what `layer_options` asks for."""
