@@ -47,12 +47,14 @@ def run_worker(job, legacy_keras=False, timeout=3600):
 
 
 def cached_worker(name, job, legacy_keras=False, timeout=3600):
-    """`run_worker`, its result cached in results/cache/<name>/ under the job's
-    settings (the data file's temporary path left out), so an interrupted
-    benchmark resumes where it stopped."""
+    """`run_worker`, its result cached in results/cache/<name>/ (or in the
+    directory `name`, when it is a Path) under the job's settings (the data
+    file's temporary path left out), so an interrupted benchmark resumes
+    where it stopped."""
     settings = {k: v for k, v in job.items() if k != "data"}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = RESULTS / "cache" / name / f"{key}.json"
+    directory = name if isinstance(name, Path) else RESULTS / "cache" / name
+    path = directory / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())["result"]
     result = run_worker(job, legacy_keras, timeout)
@@ -98,8 +100,9 @@ def accuracy_rows(results, sparsities, methods):
     return rows, medians
 
 
-def plot_accuracy(medians, sparsities, labels, title, path):
-    """Accuracy vs sparsity, one line per method (labels: method -> label)."""
+def plot_accuracy(medians, sparsities, labels, title, path, reference=None):
+    """Accuracy vs sparsity, one line per method (labels: method -> label),
+    and `reference` (e.g. the dense accuracy) as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,6 +111,8 @@ def plot_accuracy(medians, sparsities, labels, title, path):
     figure, axis = plt.subplots(figsize=(6, 4))
     for method, label in labels.items():
         axis.plot(sparsities, [medians[(s, method)] for s in sparsities], marker="o", label=label)
+    if reference is not None:
+        axis.axhline(reference, color="black", linestyle="--", label="dense")
     axis.set(xlabel="sparsity", ylabel="test accuracy % (median)", title=title)
     axis.legend()
     figure.tight_layout()

@@ -10,6 +10,7 @@ Jobs (a JSON object on the command line):
   "magnitude-global", ...}: a tfsparse method on the shared recipe.
 - {"kind": "overhead", "method": ..., ...}: per-epoch times of a method and
   of the plain masked model, interleaved.
+- {"kind": "de", ...}: a dense teacher, then Directed Evolution.
 Under "tfmot"/"tf_keras" the process must run with TF_USE_LEGACY_KERAS=1.
 """
 
@@ -168,7 +169,10 @@ def asni_job(job):
 
     keras.utils.set_random_seed(job["seed"])
     model = tfsparse.prune(build(keras, job["model"], x.shape[1:]))
-    method = asni.ASNI(magnitude=job["magnitude"], scale=job["scale"], total_epochs=job["epochs"])
+    if "sparsity" in job:  # the suite's shared budget: the target sparsity, k = T / 12 (our choice)
+        method = asni.ASNI(target_sparsity=job["sparsity"], scale=job["epochs"] / 12, total_epochs=job["epochs"])
+    else:
+        method = asni.ASNI(magnitude=job["magnitude"], scale=job["scale"], total_epochs=job["epochs"])
     result = {"asni1": compile_fit_evaluate(model, [method]), "sparsity": tfsparse.sparsity(model)}
     init = asni.amenable_initialization(model)
     result["init_bytes"], result["dense_bytes"] = init.size_bytes(), init.dense_size_bytes()
@@ -203,11 +207,11 @@ def make_method(tfsparse, job, x, y, total_steps):
         return tfsparse.methods.Supermask(seed=job["seed"])
     if job["method"] == "edge-popup":
         return tfsparse.methods.EdgePopup(job["keep_fraction"], seed=job["seed"])
-    if job["method"] == "magnitude-global":
+    if job["method"] in ("magnitude-global", "magnitude-layer"):
         schedule = tfsparse.schedules.PolynomialDecay(
             0.0, job["sparsity"], begin_step=0, end_step=int(job["end_fraction"] * total_steps) // 100 * 100,
             frequency=100)
-        return tfsparse.methods.MagnitudePruning(schedule=schedule, allocation="global")
+        return tfsparse.methods.MagnitudePruning(schedule=schedule, allocation=job["method"].split("-")[1])
     raise ValueError(job["method"])
 
 
@@ -301,9 +305,32 @@ def overhead_job(job):
     return times
 
 
+def de_job(job):
+    """A dense teacher on the shared recipe, then Directed Evolution to the
+    per-layer sparsity (post-training, no fine-tuning)."""
+    x, y, xt, yt = load(job)
+    import keras
+
+    import tfsparse
+
+    keras.utils.set_random_seed(job["seed"])
+    teacher = build(keras, job["model"], x.shape[1:])
+    teacher.compile(keras.optimizers.Adam(job["learning_rate"]),
+                    keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    fit_same_batches(teacher, x, y, job, [])
+    start = time.perf_counter()
+    evolution = tfsparse.methods.DirectedEvolution(teacher, x[:1024], layer_sparsity=job["sparsity"],
+                                                   seed=job["seed"], verbose=0)
+    student = tfsparse.strip(evolution.run())
+    seconds = time.perf_counter() - start
+    student.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    _, accuracy = student.evaluate(xt, yt, batch_size=1024, verbose=0)
+    return {"accuracy": float(accuracy), "sparsity": kernel_sparsity(student), "train_seconds": seconds}
+
+
 if __name__ == "__main__":
     job = json.loads(sys.argv[1])
     kinds = {"accuracy": accuracy_job, "epoch_time": epoch_time_job, "asni": asni_job, "dst": method_job,
-             "method": method_job, "overhead": overhead_job}
+             "method": method_job, "overhead": overhead_job, "de": de_job}
     result = kinds[job["kind"]](job)
     print(json.dumps(result))
