@@ -175,6 +175,12 @@ class PruningMethod(keras.callbacks.Callback):
                     variable.assign(variable * keras.ops.cast(factor, variable.dtype))
 
 
+def check_integer(value, name, minimum=1):
+    """Raises unless `value` is an int (not a bool) >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+
+
 def optimizer_slots(optimizer):
     """id(model variable) -> list of the optimizer's per-weight slot variables.
 

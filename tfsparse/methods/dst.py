@@ -40,7 +40,7 @@ from tfsparse import allocation as allocation_lib
 from tfsparse import schedules as schedules_lib
 from tfsparse.allocation import keep_top_k
 from tfsparse.gradients import dense_gradients
-from tfsparse.methods.base import PruningMethod, register
+from tfsparse.methods.base import PruningMethod, check_integer, register
 
 ACTIVE_ROUNDS = "active_rounds"
 _NOT_ELIGIBLE = np.float32(-1.0)
@@ -115,8 +115,8 @@ class DynamicSparseTraining(PruningMethod):
                 "training examples as `(x, y)` arrays or a tf.data.Dataset of "
                 "(x, y) batches. Received: gradient_data=None"
             )
-        _check_positive_int(update_every, "update_every")
-        _check_positive_int(gradient_batch_size, "gradient_batch_size")
+        check_integer(update_every, "update_every")
+        check_integer(gradient_batch_size, "gradient_batch_size")
         if not 0.0 < drop_fraction < 1.0:
             raise ValueError(f"`drop_fraction` must be in (0, 1). Received: drop_fraction={drop_fraction}")
         if not 0.0 < stop_at <= 1.0:
@@ -367,9 +367,4 @@ def plot_coverage(history, path, title=""):
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from tfsparse import allocation as allocation_lib
 from tfsparse import compression, schedules
-from tfsparse.methods.base import PruningMethod, register
+from tfsparse.methods.base import PruningMethod, check_integer, register
 from tfsparse.surgery import _check_model, masked_weights, prune, strip
 
 CALIBRATION_EXAMPLES = 1024
@@ -103,9 +103,7 @@ class DirectedEvolution:
         if not dense_names:
             raise ValueError(f"`teacher` has no Dense layer to evolve. Layers: {[l.name for l in self.layers]}")
         self.targets = _targets(layer_sparsity, dense_names)
-        for name, value in [("population", population)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-                raise ValueError(f"`{name}` must be an integer >= 2. Received: {name}={value!r}")
+        check_integer(population, "population", minimum=2)
         for name, value in [("candidate_fraction", candidate_fraction), ("directed_share", directed_share),
                             ("commit_fraction", commit_fraction), ("mutation", mutation)]:
             if not 0.0 <= value <= 1.0 or (name in ("candidate_fraction", "commit_fraction") and value == 0):

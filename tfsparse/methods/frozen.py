@@ -41,7 +41,7 @@ import numpy as np
 
 from tfsparse import allocation as allocation_lib
 from tfsparse.mask_functions import BernoulliMask, GumbelSoftmaxMask, ScoreSGD, set_learning_rate
-from tfsparse.methods.base import PruningMethod, register
+from tfsparse.methods.base import PruningMethod, check_integer, register
 
 
 class FrozenWeightsMethod(PruningMethod):
@@ -228,8 +228,7 @@ class EdgePopup(FrozenWeightsMethod):
         super().__init__(**kwargs)
         if not 0.0 < keep_fraction <= 1.0:
             raise ValueError(f"`keep_fraction` must be in (0, 1]. Received: keep_fraction={keep_fraction}")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"`update_every` must be a positive integer. Received: update_every={update_every!r}")
+        check_integer(update_every, "update_every")
         self.keep_fraction = keep_fraction
         self.update_every = update_every
         self.allocation = allocation_lib.Uniform()

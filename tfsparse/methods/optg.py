@@ -33,7 +33,7 @@ import numpy as np
 from tfsparse import allocation as allocation_lib
 from tfsparse import schedules
 from tfsparse.mask_functions import ScoreSGD, set_learning_rate
-from tfsparse.methods.base import PruningMethod, register
+from tfsparse.methods.base import PruningMethod, check_integer, register
 
 
 
@@ -77,8 +77,8 @@ class OptG(PruningMethod):
     def __init__(self, target_sparsity, epochs=None, beta=1.0):
         super().__init__()
         schedules._check_sparsity(target_sparsity, "target_sparsity")
-        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-            raise ValueError(f"`epochs` must be a positive integer or None. Received: epochs={epochs!r}")
+        if epochs is not None:
+            check_integer(epochs, "epochs")
         if beta <= 0:
             raise ValueError(f"`beta` must be > 0. Received: beta={beta}")
         self.target_sparsity = target_sparsity
