@@ -12,7 +12,7 @@ of their own. Finished cells are cached in results/cache/<name>/, so an
 interrupted suite resumes and a rerun only computes what is new.
 
     python benchmarks/run.py                 # the default suite (hours on 2 cores)
-    python benchmarks/run.py --quick         # a few minutes: 1 seed, 1 epoch, 5,000 examples
+    python benchmarks/run.py --quick         # a few minutes: 1 seed, 4 epochs, 5,000 examples
 
 Writes benchmarks/results/<name>.md (tables) and <name>.png (accuracy vs
 sparsity, one line per method, dense as a reference line).
@@ -45,12 +45,12 @@ def parse(argv=None):
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--max-train", type=int)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 5,000 examples, LeNet-300-100, 0.9")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 4 epochs, 5,000 examples, LeNet-300-100, 0.9")
     parser.add_argument("--results-dir", type=Path, default=common.RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.name, args.models, args.sparsities = f"{args.name}_quick", ["lenet_300_100"], [0.9]
-        args.seeds, args.epochs, args.max_train = 1, 1, 5000
+        args.seeds, args.epochs, args.max_train = 1, 4, 5000  # 160 steps: one update at frequency 100
     return args
 
 
