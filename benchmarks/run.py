@@ -5,14 +5,14 @@ worker process (tfmot's prune_low_magnitude under tf_keras), all with the
 same recipe: Adam 1e-3, batch 128, `--epochs`, identical batches. Gradual
 methods reach the target over 75 % of the steps (frequency 100); DST
 methods are sparse from step 0 (ERK, update every 100 steps); ASNI uses
-k = T / 12; DE prunes a dense teacher after training (no fine-tuning). The
+k = min(T / 12, (T/2 - 2) / 4); DE prunes a dense teacher after training (no fine-tuning). The
 frozen-weight methods (ASLP, supermask: sparsity emerges; edge-popup: keep
 fraction 1 - sparsity) train only mask scores at batch 256 and get a table
 of their own. Finished cells are cached in results/cache/<name>/, so an
 interrupted suite resumes and a rerun only computes what is new.
 
     python benchmarks/run.py                 # the default suite (hours on 2 cores)
-    python benchmarks/run.py --quick         # a few minutes: 1 seed, 4 epochs, 5,000 examples
+    python benchmarks/run.py --quick         # a few minutes: 1 seed, 6 epochs, 5,000 examples
 
 Writes benchmarks/results/<name>.md (tables) and <name>.png (accuracy vs
 sparsity, one line per method, dense as a reference line).
@@ -45,12 +45,12 @@ def parse(argv=None):
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--max-train", type=int)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 4 epochs, 5,000 examples, LeNet-300-100, 0.9")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 6 epochs, 5,000 examples, LeNet-300-100, 0.9")
     parser.add_argument("--results-dir", type=Path, default=common.RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.name, args.models, args.sparsities = f"{args.name}_quick", ["lenet_300_100"], [0.9]
-        args.seeds, args.epochs, args.max_train = 1, 4, 5000  # 160 steps: one update at frequency 100
+        args.seeds, args.epochs, args.max_train = 1, 6, 5000  # 240 steps: mask updates at frequency 100
     return args
 
 

@@ -31,6 +31,6 @@ def test_suite_writes_table_and_plot_and_reuses_cached_cells(tmp_path, monkeypat
 def test_quick_mode_settings():
     args = run.parse(["--quick"])
     assert (args.seeds, args.epochs, args.max_train, args.models, args.sparsities) == (
-        1, 4, 5000, ["lenet_300_100"], [0.9])
+        1, 6, 5000, ["lenet_300_100"], [0.9])
     with pytest.raises(SystemExit):
         run.parse(["--methods", "nonsense"])
