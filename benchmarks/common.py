@@ -120,6 +120,14 @@ def plot_accuracy(medians, sparsities, labels, title, path, reference=None):
     plt.close(figure)
 
 
+def save_accuracy_results(name, text, medians, sparsities, labels, title):
+    """Writes results/<name>.md (`text`) and the accuracy-vs-sparsity plot <name>.png."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(text)
+    plot_accuracy(medians, sparsities, labels, title, RESULTS / f"{name}.png")
+    print(text)
+
+
 def tfmot_job(data, sparsity, seed, end_fraction, **recipe):
     """tfmot's prune_low_magnitude on the shared recipe: PolynomialDecay 0 ->
     `sparsity` over `end_fraction` of the steps, frequency 100, every layer at

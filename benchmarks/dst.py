@@ -106,11 +106,8 @@ Overhead: DST-EE (update_every=100) vs the plain masked model (no method), alter
 fits: time ratio {ratio:.3f} (median of {len(overhead["ratios"])} pairs; range
 {min(overhead["ratios"]):.2f}-{max(overhead["ratios"]):.2f}; goal <= 1.15).
 """
-    common.RESULTS.mkdir(exist_ok=True)
-    stem = common.RESULTS / f"dst_{args.model}"
-    Path(f"{stem}.md").write_text(text)
-    common.plot_accuracy(medians, args.sparsities, LABELS, f"{args.model}, Fashion-MNIST", f"{stem}.png")
-    print(text)
+    common.save_accuracy_results(f"dst_{args.model}", text, medians, args.sparsities, LABELS,
+                                 f"{args.model}, Fashion-MNIST")
 
 
 if __name__ == "__main__":
