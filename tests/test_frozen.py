@@ -140,7 +140,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match=r"keep_fraction.*Received: keep_fraction=0"):
         EdgePopup(0)
     with pytest.raises(ValueError, match="score_learning_rate"):
-        ASLP(score_learning_rate=-1)
+        ASLP(score_learning_rate=0)
     with pytest.raises(ValueError, match=r"GumbelSoftmaxMask.*layer_options"):
         ASLP().set_model(tfsparse.prune(models.lenet_300_100()))
 

@@ -62,8 +62,10 @@ class FrozenWeightsMethod(PruningMethod):
     def __init__(self, score_learning_rate=None, scale_learning_rate=None, initialize=True,
                  signed_constant=False, seed=0):
         super().__init__()
-        self.score_learning_rate = _positive(score_learning_rate or self.score_learning_rate, "score_learning_rate")
-        self.scale_learning_rate = _positive(scale_learning_rate or self.scale_learning_rate, "scale_learning_rate")
+        if score_learning_rate is not None:
+            self.score_learning_rate = _positive(score_learning_rate, "score_learning_rate")
+        if scale_learning_rate is not None:
+            self.scale_learning_rate = _positive(scale_learning_rate, "scale_learning_rate")
         self.initialize = initialize
         self.signed_constant = signed_constant
         self.seed = seed
@@ -299,6 +301,6 @@ def _check_mask_function(method, expected):
 
 
 def _positive(value, name):
-    if value is None or value <= 0:
+    if value <= 0:
         raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
     return float(value)
