@@ -56,6 +56,10 @@ def keep_top_k(scores, k, tiebreak=None):
     return keep.reshape(np.shape(scores))
 
 
+def _keep(scores, tiebreak, name, k):
+    return keep_top_k(scores[name], k, tiebreak=None if tiebreak is None else tiebreak[name])
+
+
 def _check_finite(scores):
     for name, values in scores.items():
         if not np.all(np.isfinite(values)):
@@ -97,16 +101,20 @@ class Allocation:
                 f"Masked weights: {sorted(weight_names)}"
             )
 
-    def masks(self, scores, sparsity):
-        """Keep-masks (bool arrays) for `scores` (dict name -> array)."""
+    def masks(self, scores, sparsity, tiebreak=None):
+        """Keep-masks (bool arrays) for `scores` (dict name -> array).
+
+        `tiebreak` (dict name -> array, optional) ranks equal scores at the
+        threshold, larger first; without it ties go to the first positions.
+        """
         raise NotImplementedError
 
-    def _split(self, scores):
+    def _split(self, scores, tiebreak):
         _check_finite(scores)
         self.check_names(list(scores))
         fixed = {n: self.fixed_sparsity(n) for n in scores if self.fixed_sparsity(n) is not None}
         free = [n for n in scores if n not in fixed]
-        masks = {n: keep_top_k(scores[n], keep_count(np.size(scores[n]), s)) for n, s in fixed.items()}
+        masks = {n: _keep(scores, tiebreak, n, keep_count(np.size(scores[n]), s)) for n, s in fixed.items()}
         return fixed, free, masks
 
     def get_config(self):
@@ -119,10 +127,10 @@ class Uniform(Allocation):
     Layers kept dense by an override lower the overall sparsity.
     """
 
-    def masks(self, scores, sparsity):
-        _, free, masks = self._split(scores)
+    def masks(self, scores, sparsity, tiebreak=None):
+        _, free, masks = self._split(scores, tiebreak)
         for name in free:
-            masks[name] = keep_top_k(scores[name], keep_count(np.size(scores[name]), sparsity))
+            masks[name] = _keep(scores, tiebreak, name, keep_count(np.size(scores[name]), sparsity))
         return masks
 
 
@@ -133,8 +141,8 @@ class Global(Allocation):
     the overall budget of `round(N * (1 - sparsity))` kept weights.
     """
 
-    def masks(self, scores, sparsity):
-        fixed, free, masks = self._split(scores)
+    def masks(self, scores, sparsity, tiebreak=None):
+        fixed, free, masks = self._split(scores, tiebreak)
         total = sum(np.size(v) for v in scores.values())
         budget = round(total * (1.0 - sparsity)) - sum(int(m.sum()) for m in masks.values())
         if free:
@@ -144,7 +152,8 @@ class Global(Allocation):
                     f"sparsity={sparsity} leaves no weights for the free layers after "
                     f"the overrides {self.overrides}. Lower the overrides' density or the sparsity."
                 )
-            keep = keep_top_k(np.concatenate([np.ravel(scores[n]) for n in free]), budget)
+            order = None if tiebreak is None else np.concatenate([np.ravel(tiebreak[n]) for n in free])
+            keep = keep_top_k(np.concatenate([np.ravel(scores[n]) for n in free]), budget, tiebreak=order)
             for name, part in zip(free, np.split(keep, np.cumsum(sizes)[:-1])):
                 masks[name] = part.reshape(np.shape(scores[name]))
         return masks
@@ -194,13 +203,11 @@ class ERK(Allocation):
             densities[n] = 1.0 if n in dense else factor * raw[n]
         return densities
 
-    def masks(self, scores, sparsity):
-        _, free, masks = self._split(scores)
+    def masks(self, scores, sparsity, tiebreak=None):
+        _, free, masks = self._split(scores, tiebreak)
         densities = self.densities({n: np.shape(v) for n, v in scores.items()}, sparsity)
         for name in free:
-            masks[name] = keep_top_k(
-                scores[name], keep_count(np.size(scores[name]), 1.0 - densities[name])
-            )
+            masks[name] = _keep(scores, tiebreak, name, keep_count(np.size(scores[name]), 1.0 - densities[name]))
         return masks
 
     def get_config(self):

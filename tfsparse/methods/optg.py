@@ -85,6 +85,7 @@ class OptG(PruningMethod):
         self.epochs = epochs
         self.beta = float(beta)
         self.schedule = None
+        self.allocation = allocation_lib.Global()
         self.history = []
 
     @classmethod
@@ -129,14 +130,9 @@ class OptG(PruningMethod):
         scores are all 0; in short runs the first epochs already prune, and an
         arbitrary choice there can empty whole layers.
         """
-        names = [w.name for w in self.masked_weights]
         scores = {w.name: keras.ops.convert_to_numpy(w.score) for w in self.masked_weights}
-        allocation_lib._check_finite(scores)
-        magnitudes = np.concatenate([np.abs(kernel).ravel() for kernel in self.kernels().values()])
-        flat = np.concatenate([scores[name].ravel() for name in names])
-        keep = allocation_lib.keep_top_k(flat, allocation_lib.keep_count(flat.size, sparsity), tiebreak=magnitudes)
-        sizes = np.cumsum([scores[name].size for name in names])[:-1]
-        return {name: part.reshape(scores[name].shape) for name, part in zip(names, np.split(keep, sizes))}
+        magnitudes = {name: np.abs(kernel) for name, kernel in self.kernels().items()}
+        return self.allocation.masks(scores, sparsity, tiebreak=magnitudes)
 
     def mask_learning_rate(self, epoch):
         """lr_w(epoch) * sigmoid(beta * (epoch - E/2))."""
