@@ -240,21 +240,33 @@ class MaskedLayerMixin:
 
     # Variables are saved by name, not by position: Keras' Dense/Conv/
     # Embedding serialize a fixed list (kernel, bias) and would drop masks.
+    # The states of random generators (Gumbel and Bernoulli masks) are saved
+    # too, so that a run resumed from a checkpoint draws the same samples as
+    # the uninterrupted run.
+    def _saved_variables(self):
+        """Key in the file -> variable: the path below this layer, with "_"
+        for "/" (a "/" would open a group in the weights file)."""
+        prefix = self.path + "/"
+        return {
+            (variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.name).replace("/", "_"): variable
+            for variable in self.variables
+        }
+
     def save_own_variables(self, store):
-        for variable in self.weights:
-            store[variable.name] = variable
+        for key, variable in self._saved_variables().items():
+            store[key] = variable
 
     def load_own_variables(self, store):
-        expected = sorted(variable.name for variable in self.weights)
-        received = sorted(store.keys())
+        variables = self._saved_variables()
+        expected, received = sorted(variables), sorted(store.keys())
         if expected != received:
             raise ValueError(
                 f"Layer '{self.name}' expected the variables {expected} but the "
                 f"file holds {received}. The file was not written by this "
                 "version of the layer, or it is corrupted."
             )
-        for variable in self.weights:
-            variable.assign(store[variable.name])
+        for key, variable in variables.items():
+            variable.assign(store[key])
 
     def get_config(self):
         config = super().get_config()

@@ -21,9 +21,15 @@ variable's gradient u into its new value `v - lr * (momentum * velocity + u)`
 them that value instead of applying its own rule, weight decay and gradient
 clipping included. The learning rate is a per-weight variable that the
 method sets (`set_learning_rate`).
+
+Under a `tf.distribute` strategy the optimizer overwrites such a variable
+with each replica's own value, before (and without) its all-reduce of the
+gradients; the custom gradient therefore sums u over the replicas itself, so
+every replica computes the same new value, the one a single device would.
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -88,7 +94,7 @@ def _sgd_momentum_path(value, velocity, learning_rate, momentum, loss_scale=None
     @ops.custom_gradient
     def path(value, velocity):
         def update(upstream):
-            gradient = ops.cast(upstream, velocity.dtype)
+            gradient = _sum_over_replicas(ops.cast(upstream, velocity.dtype))
             if loss_scale is not None:
                 gradient = gradient / ops.cast(loss_scale, velocity.dtype)
             new_velocity = momentum * velocity + gradient
@@ -97,6 +103,16 @@ def _sgd_momentum_path(value, velocity, learning_rate, momentum, loss_scale=None
         return ops.copy(value), update
 
     return path(value, velocity)
+
+
+def _sum_over_replicas(gradient):
+    """Sums a per-replica gradient over the replicas of a `tf.distribute`
+    strategy (Keras divides each replica's loss by their number, so the sum
+    is the gradient of the global batch); unchanged on a single device."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return gradient
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, gradient)
 
 
 class SelfUpdatingSGD(MaskFunction):
