@@ -6,6 +6,11 @@ os.environ.setdefault("TFSPARSE_OFFLINE", "1")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# No example database in the checkout; failures print their reproduction.
+settings.register_profile("tfsparse", database=None, print_blob=True)
+settings.load_profile("tfsparse")
 
 
 @pytest.fixture(autouse=True)

@@ -60,11 +60,13 @@ def _keep(scores, tiebreak, name, k):
     return keep_top_k(scores[name], k, tiebreak=None if tiebreak is None else tiebreak[name])
 
 
-def _check_finite(scores):
+def check_finite(scores, what="pruning scores"):
+    """Raises FloatingPointError if any array of `scores` (dict name ->
+    array) holds NaN or inf; methods call it before they change anything."""
     for name, values in scores.items():
         if not np.all(np.isfinite(values)):
             raise FloatingPointError(
-                f"The pruning scores of '{name}' contain NaN or inf (the weights "
+                f"The {what} of '{name}' contain NaN or inf (the weights "
                 "diverged?). Refusing to compute a mask from them: it would "
                 "silently keep or drop arbitrary weights. Lower the learning rate "
                 "or check the data."
@@ -110,7 +112,7 @@ class Allocation:
         raise NotImplementedError
 
     def _split(self, scores, tiebreak):
-        _check_finite(scores)
+        check_finite(scores)
         self.check_names(list(scores))
         fixed = {n: self.fixed_sparsity(n) for n in scores if self.fixed_sparsity(n) is not None}
         free = [n for n in scores if n not in fixed]
@@ -138,7 +140,10 @@ class Global(Allocation):
     """One threshold across all free layers; the total hits the target.
 
     Overridden layers get their own sparsity; the rest share what remains of
-    the overall budget of `round(N * (1 - sparsity))` kept weights.
+    the overall budget of `round(N * (1 - sparsity))` kept weights. Every
+    free layer keeps at least its best-scoring weight (our guard: at extreme
+    sparsities one threshold can otherwise empty a whole layer and
+    disconnect the network).
     """
 
     def masks(self, scores, sparsity, tiebreak=None):
@@ -153,7 +158,12 @@ class Global(Allocation):
                     f"the overrides {self.overrides}. Lower the overrides' density or the sparsity."
                 )
             order = None if tiebreak is None else np.concatenate([np.ravel(tiebreak[n]) for n in free])
-            keep = keep_top_k(np.concatenate([np.ravel(scores[n]) for n in free]), budget, tiebreak=order)
+            merged = np.concatenate([np.ravel(scores[n]) for n in free])
+            merged = merged.astype(np.result_type(merged.dtype, np.float32), copy=False)
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            best = [start + int(np.flatnonzero(_keep(scores, tiebreak, n, 1))[0]) for start, n in zip(starts, free)]
+            merged[best] = np.inf  # ranked first; the scores are finite (checked above)
+            keep = keep_top_k(merged, budget, tiebreak=order)
             for name, part in zip(free, np.split(keep, np.cumsum(sizes)[:-1])):
                 masks[name] = part.reshape(np.shape(scores[name]))
         return masks

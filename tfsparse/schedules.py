@@ -16,7 +16,8 @@ import math
 import keras
 
 
-def _check_sparsity(value, name):
+def check_sparsity(value, name):
+    """Returns `value` as a float, or raises unless it is a number in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"`{name}` must be a number in [0, 1). Received: {name}={value!r}")
     return float(value)
@@ -74,7 +75,7 @@ class ConstantSparsity(_StepRangeSchedule):
 
     def __init__(self, target_sparsity, begin_step=0, end_step=-1, frequency=100):
         super().__init__(begin_step, end_step, frequency, allow_forever=True)
-        self.target_sparsity = _check_sparsity(target_sparsity, "target_sparsity")
+        self.target_sparsity = check_sparsity(target_sparsity, "target_sparsity")
 
     def __call__(self, step):
         return self.target_sparsity
@@ -106,13 +107,15 @@ class PolynomialDecay(_StepRangeSchedule):
         frequency=100,
     ):
         super().__init__(begin_step, end_step, frequency, allow_forever=False)
-        self.initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
-        self.final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
+        self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
+        self.final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
         self.power = power
 
     def __call__(self, step):
-        span = max(self.end_step - self.begin_step, 1)
-        progress = min(1.0, max(0.0, (step - self.begin_step) / span))
+        if self.end_step == self.begin_step:  # a jump to the final sparsity
+            progress = 1.0 if step >= self.begin_step else 0.0
+        else:
+            progress = min(1.0, max(0.0, (step - self.begin_step) / (self.end_step - self.begin_step)))
         return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (
             1.0 - progress
         ) ** self.power
@@ -138,7 +141,7 @@ class Sigmoid(Schedule):
     """
 
     def __init__(self, magnitude, total_epochs, scale):
-        self.magnitude = _check_sparsity(magnitude, "magnitude")
+        self.magnitude = check_sparsity(magnitude, "magnitude")
         if total_epochs < 1:
             raise ValueError(f"`total_epochs` must be >= 1. Received: total_epochs={total_epochs}")
         if scale <= 0:
@@ -156,7 +159,7 @@ class Sigmoid(Schedule):
         `at_epoch` defaults to T - 2, the epoch whose network the ASNI paper
         reports.
         """
-        target = _check_sparsity(target_sparsity, "target_sparsity")
+        target = check_sparsity(target_sparsity, "target_sparsity")
         at_epoch = total_epochs - 2 if at_epoch is None else at_epoch
         magnitude = target / _sigmoid((at_epoch - 0.5 * total_epochs) / scale)
         if magnitude >= 1.0:
@@ -184,7 +187,7 @@ class SigmoidStep(Schedule):
     """
 
     def __init__(self, target_sparsity, total_epochs, beta=1.0, end_at_target=False):
-        self.target_sparsity = _check_sparsity(target_sparsity, "target_sparsity")
+        self.target_sparsity = check_sparsity(target_sparsity, "target_sparsity")
         if total_epochs < 1:
             raise ValueError(f"`total_epochs` must be >= 1. Received: total_epochs={total_epochs}")
         self.total_epochs = int(total_epochs)
@@ -218,7 +221,7 @@ class FunctionSchedule(Schedule):
         self.frequency = int(frequency)
 
     def __call__(self, step):
-        return _check_sparsity(float(self.function(step)), f"schedule({step})")
+        return check_sparsity(float(self.function(step)), f"schedule({step})")
 
     def should_prune(self, step):
         return step % self.frequency == 0
@@ -243,4 +246,8 @@ def get(schedule, frequency=100):
 
 
 def _sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x))
+    # Two forms so that exp never overflows (a steep schedule far from its middle).
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from tfsparse import allocation, schedules
-from tfsparse.methods.base import PruningMethod, register
+from tfsparse.methods.base import PruningMethod, check_integer, register
 from tfsparse.surgery import masked_weights
 
 
@@ -83,6 +83,14 @@ class ASNI(PruningMethod):
                 "Give exactly one of `target_sparsity` and `magnitude`. Received: "
                 f"target_sparsity={target_sparsity}, magnitude={magnitude}"
             )
+        if target_sparsity is not None:
+            target_sparsity = schedules.check_sparsity(target_sparsity, "target_sparsity")
+        if magnitude is not None:
+            magnitude = schedules.check_sparsity(magnitude, "magnitude")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"`scale` must be a number > 0. Received: scale={scale!r}")
+        if total_epochs is not None:
+            check_integer(total_epochs, "total_epochs")
         self.target_sparsity = target_sparsity
         self.magnitude = magnitude
         self.scale = scale

@@ -156,13 +156,18 @@ class PruningMethod(keras.callbacks.Callback):
                 entries and optimizer slots are set to zero as well (weights
                 that regrow from zero with fresh slots, as in RigL).
         """
+        checked = {}
+        for weight in self.masked_weights:  # all checked before any is assigned
+            if weight.name not in new_masks:
+                raise ValueError(f"No mask for '{weight.name}'. Received masks for: {sorted(new_masks)}")
+            checked[weight.name] = np.asarray(new_masks[weight.name], dtype=bool)
+            if checked[weight.name].shape != weight.shape:
+                raise ValueError(
+                    f"Mask for '{weight.name}' has shape {checked[weight.name].shape}, expected {weight.shape}."
+                )
         slots = optimizer_slots(getattr(self.model, "optimizer", None))
         for weight in self.masked_weights:
-            new = np.asarray(new_masks[weight.name], dtype=bool)
-            if new.shape != weight.shape:
-                raise ValueError(
-                    f"Mask for '{weight.name}' has shape {new.shape}, expected {weight.shape}."
-                )
+            new = checked[weight.name]
             weight.mask.assign(new.astype("float32"))
             keep = new if zero_pruned else np.ones_like(new)
             if reset is not None and weight.name in reset:

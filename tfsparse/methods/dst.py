@@ -38,7 +38,7 @@ import numpy as np
 
 from tfsparse import allocation as allocation_lib
 from tfsparse import schedules as schedules_lib
-from tfsparse.allocation import keep_top_k
+from tfsparse.allocation import check_finite, keep_top_k
 from tfsparse.gradients import dense_gradients
 from tfsparse.methods.base import PruningMethod, check_integer, register
 
@@ -105,7 +105,7 @@ class DynamicSparseTraining(PruningMethod):
         total_steps=None,
     ):
         super().__init__()
-        schedules_lib._check_sparsity(target_sparsity, "target_sparsity")
+        schedules_lib.check_sparsity(target_sparsity, "target_sparsity")
         grow = grow or self.grow_mode
         if grow not in ("score", "random"):
             raise ValueError(f"`grow` must be 'score' or 'random'. Received: grow={grow!r}")
@@ -182,6 +182,9 @@ class DynamicSparseTraining(PruningMethod):
         fraction = self.current_drop_fraction(step)
         kernels, masks = self.kernels(), self.masks()
         gradients = self._gradients(step) if self.grow == "score" else None
+        check_finite(kernels, "kernels")
+        if gradients is not None:
+            check_finite(gradients, "dense gradients")
         rng = self._rng(step)
         new_masks, grown, record = {}, {}, _RoundRecord(step, fraction)
         for weight in self.masked_weights:

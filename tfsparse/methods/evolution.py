@@ -300,9 +300,9 @@ def _targets(layer_sparsity, names):
         unknown = sorted(set(layer_sparsity) - set(names))
         if unknown:
             raise ValueError(f"`layer_sparsity` names {unknown}, which are not Dense layers of the model: {names}")
-        return {name: schedules._check_sparsity(value, f"layer_sparsity[{name!r}]")
+        return {name: schedules.check_sparsity(value, f"layer_sparsity[{name!r}]")
                 for name, value in layer_sparsity.items()}
-    schedules._check_sparsity(layer_sparsity, "layer_sparsity")
+    schedules.check_sparsity(layer_sparsity, "layer_sparsity")
     return {name: layer_sparsity for name in names}
 
 
@@ -327,7 +327,7 @@ class DirectedEvolutionRun(PruningMethod):
 
     def __init__(self, layer_sparsity, calibration_data, **options):
         super().__init__()
-        schedules._check_sparsity(layer_sparsity, "layer_sparsity")
+        schedules.check_sparsity(layer_sparsity, "layer_sparsity")
         self.layer_sparsity = layer_sparsity
         self.calibration_data = calibration_data
         self.options = options

@@ -111,6 +111,13 @@ class FrozenWeightsMethod(PruningMethod):
         return np.zeros(weight.shape, "float32")
 
     def on_epoch_end(self, epoch, logs=None):
+        # NaN logits would give an all-zero mask (NaN >= 0 is False) without a word.
+        learned = {}
+        for weight in self.masked_weights:
+            learned[weight.name] = keras.ops.convert_to_numpy(weight.score)
+            if weight.scale is not None:
+                learned[f"{weight.name} scale"] = keras.ops.convert_to_numpy(weight.scale)
+        allocation_lib.check_finite(learned, "scores")
         layers = {}
         for weight in self.masked_weights:
             mask = keras.ops.convert_to_numpy(weight.layer.mask_function(weight, training=False))

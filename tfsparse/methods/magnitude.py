@@ -67,7 +67,7 @@ class MagnitudePruning(PruningMethod):
         if schedule is None:
             if target_sparsity is None:
                 raise ValueError("Give `target_sparsity` or `schedule`. Received neither.")
-            schedules_lib._check_sparsity(target_sparsity, "target_sparsity")
+            schedules_lib.check_sparsity(target_sparsity, "target_sparsity")
         if not 0.0 < end_fraction <= 1.0:
             raise ValueError(f"`end_fraction` must be in (0, 1]. Received: end_fraction={end_fraction}")
         self.target_sparsity = target_sparsity

@@ -76,7 +76,7 @@ class OptG(PruningMethod):
 
     def __init__(self, target_sparsity, epochs=None, beta=1.0):
         super().__init__()
-        schedules._check_sparsity(target_sparsity, "target_sparsity")
+        schedules.check_sparsity(target_sparsity, "target_sparsity")
         if epochs is not None:
             check_integer(epochs, "epochs")
         if beta <= 0:
