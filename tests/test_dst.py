@@ -146,44 +146,6 @@ def test_c_zero_equals_rigl(mnist_subset):
         np.testing.assert_array_equal(masks[0][name], masks[1][name])
 
 
-class InterruptAtEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise RuntimeError("interrupted")
-
-
-@pytest.mark.parametrize("method_class", [DSTEE, SET])
-def test_backup_and_restore_resume_gives_the_same_masks(mnist_subset, tmp_path, method_class):
-    data = mnist_subset
-    x, y = data.x_train[:1280], data.y_train[:1280]
-
-    def make():
-        keras.utils.set_random_seed(2)
-        kwargs = {} if method_class is SET else {"gradient_data": (x, y)}
-        return compiled(method=method_class), method_class(0.85, update_every=3, **kwargs)
-
-    def fit(model, callbacks):
-        model.fit(x, y, batch_size=128, epochs=4, shuffle=False, verbose=0, callbacks=callbacks)
-
-    model, method = make()
-    fit(model, [method])
-    uninterrupted = method.masks()
-
-    model, method = make()
-    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
-    with pytest.raises(RuntimeError, match="interrupted"):
-        fit(model, [method, backup, InterruptAtEpoch(2)])
-    model, method = make()  # a new process would start from scratch like this
-    fit(model, [method, backup])
-    assert method.optimizer_step() == 40
-    for name, mask in method.masks().items():
-        np.testing.assert_array_equal(mask, uninterrupted[name])
-
-
 def test_masks_and_counters_survive_keras_save_and_load(mnist_subset, tmp_path):
     data = mnist_subset
     model = compiled()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfsparse
-from tfsparse import cli, compression, models
+from tfsparse import cli, compression
 from tfsparse.methods import DirectedEvolution, magnitude_baseline
 from tfsparse.methods.evolution import kl_divergence
 
