@@ -66,6 +66,14 @@ def test_keep_top_k_keeps_exactly_k_of_the_largest(scores, data):
         assert scores[keep].min() >= scores[~keep].max()
 
 
+@FAST
+@given(scores_arrays, st.data())
+def test_best_position_is_the_entry_keep_top_k_keeps_first(scores, data):
+    tiebreak = data.draw(st.none() | hnp.arrays(np.float32, scores.shape, elements=st.sampled_from([0.0, 1.0, 2.0])))
+    expected = np.flatnonzero(allocation.keep_top_k(scores, 1, tiebreak=tiebreak))
+    assert [allocation.best_position(scores, tiebreak)] == list(expected)
+
+
 layer_shapes = st.dictionaries(
     st.text("abcdefgh", min_size=1, max_size=4),
     st.tuples(st.integers(1, 40), st.integers(1, 40)) | st.tuples(st.integers(1, 3), st.integers(1, 3),

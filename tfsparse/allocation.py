@@ -56,6 +56,17 @@ def keep_top_k(scores, k, tiebreak=None):
     return keep.reshape(np.shape(scores))
 
 
+def best_position(scores, tiebreak=None):
+    """Flat index of the entry `keep_top_k(scores, 1, tiebreak)` keeps, in
+    one pass instead of a partition."""
+    flat = np.ravel(scores)
+    best = int(np.argmax(flat))
+    if tiebreak is not None:
+        ties = np.flatnonzero(flat == flat[best])
+        best = int(ties[np.argmax(np.ravel(tiebreak)[ties])])
+    return best
+
+
 def _keep(scores, tiebreak, name, k):
     return keep_top_k(scores[name], k, tiebreak=None if tiebreak is None else tiebreak[name])
 
@@ -161,7 +172,10 @@ class Global(Allocation):
             merged = np.concatenate([np.ravel(scores[n]) for n in free])
             merged = merged.astype(np.result_type(merged.dtype, np.float32), copy=False)
             starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            best = [start + int(np.flatnonzero(_keep(scores, tiebreak, n, 1))[0]) for start, n in zip(starts, free)]
+            best = [
+                start + best_position(scores[n], None if tiebreak is None else tiebreak[n])
+                for start, n in zip(starts, free)
+            ]
             merged[best] = np.inf  # ranked first; the scores are finite (checked above)
             keep = keep_top_k(merged, budget, tiebreak=order)
             for name, part in zip(free, np.split(keep, np.cumsum(sizes)[:-1])):
