@@ -100,21 +100,29 @@ def accuracy_rows(results, sparsities, methods):
     return rows, medians
 
 
-def plot_accuracy(medians, sparsities, labels, title, path, reference=None):
+def plot_accuracy(medians, sparsities, labels, title, path, reference=None, zoom=None):
     """Accuracy vs sparsity, one line per method (labels: method -> label),
-    and `reference` (e.g. the dense accuracy) as a dashed line."""
+    and `reference` (e.g. the dense accuracy) as a dashed line. `zoom`
+    (low, high) adds a second panel with that accuracy range, for when one
+    method lies far below the others."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for method, label in labels.items():
-        axis.plot(sparsities, [medians[(s, method)] for s in sparsities], marker="o", label=label)
-    if reference is not None:
-        axis.axhline(reference, color="black", linestyle="--", label="dense")
-    axis.set(xlabel="sparsity", ylabel="test accuracy % (median)", title=title)
-    axis.legend()
+    panels = 2 if zoom else 1
+    figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels + 2.5, 4), squeeze=False)
+    markers = "osD^v<>ph*"
+    for axis in axes[0]:
+        for index, (method, label) in enumerate(labels.items()):
+            axis.plot(sparsities, [medians[(s, method)] for s in sparsities],
+                      marker=markers[index % len(markers)], label=label)
+        if reference is not None:
+            axis.axhline(reference, color="black", linestyle="--", label="dense")
+        axis.set(xlabel="sparsity", ylabel="test accuracy % (median)", title=title)
+    if zoom:
+        axes[0][1].set(ylim=zoom, title=f"{title} (zoom)")
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -54,6 +54,23 @@ def parse(argv=None):
     return args
 
 
+def command_line(args):
+    """The command that reproduces this suite (every setting spelled out)."""
+    if args.quick:
+        return f"python benchmarks/run.py --quick --name {args.name.removesuffix('_quick')}"
+    parts = [
+        f"python benchmarks/run.py --name {args.name} --dataset {args.dataset}",
+        "--models " + " ".join(args.models),
+        "--sparsities " + " ".join(f"{s:g}" for s in args.sparsities),
+        f"--seeds {args.seeds} --epochs {args.epochs}",
+    ]
+    if list(args.methods) != list(METHODS):
+        parts.append("--methods " + " ".join(args.methods))
+    if args.max_train:
+        parts.append(f"--max-train {args.max_train}")
+    return " ".join(parts)
+
+
 def job_for(method, model, sparsity, seed, args, data):
     """(worker job, runs under tf_keras) of one cell."""
     recipe = dict(data=data, model=model, epochs=args.epochs, batch_size=128, learning_rate=1e-3, seed=seed)
@@ -129,7 +146,12 @@ def write(args, source, results):
         plot_labels = {m: LABELS[m] for m in gradual if m != "dense"}
         dense = medians.get((args.sparsities[0], "dense"))
         path = args.results_dir / f"{args.name}_{model}.png"
-        common.plot_accuracy(medians, args.sparsities, plot_labels, f"{model}, {args.dataset}", path, reference=dense)
+        trained = [medians[(s, m)] for s in args.sparsities for m in plot_labels if m != "de"]
+        zoom = None
+        if "de" in plot_labels and trained and min(medians[(s, "de")] for s in args.sparsities) < min(trained) - 5:
+            zoom = (min(trained) - 1, max(trained + [dense or 0]) + 1)  # DE lies far below the rest
+        common.plot_accuracy(medians, args.sparsities, plot_labels, f"{model}, {args.dataset}", path,
+                             reference=dense, zoom=zoom)
         sections.append(f"""## {model}
 
 Test accuracy %, median (range) over {args.seeds} seed(s):
@@ -149,10 +171,9 @@ Frozen random weights (only mask scores learn; ASLP and supermask find their own
 
 ![{model}]({path.name})
 """)
-    flags = " --quick" if args.quick else ""
     text = f"""# Benchmark suite: {args.name}
 
-Command: `python benchmarks/run.py{flags} --name {args.name.removesuffix('_quick') if args.quick else args.name}`
+Command: `{command_line(args)}`
 Machine: {common.machine()}; {common.versions()}. Data: {source}{f" (first {args.max_train} training examples)" if args.max_train else ""}.
 Budget for every cell: {args.epochs} epochs, Adam 1e-3, batch 128 (frozen-weight methods: batch 256),
 identical batches; {args.seeds} seed(s). Gradual pruning reaches the target over 75 % of the steps;

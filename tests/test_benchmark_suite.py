@@ -34,3 +34,9 @@ def test_quick_mode_settings():
         1, 6, 5000, ["lenet_300_100"], [0.9])
     with pytest.raises(SystemExit):
         run.parse(["--methods", "nonsense"])
+
+
+@pytest.mark.parametrize("argv", [ARGV, ["--quick"], ["--name", "suite_lenet", "--models", "lenet_300_100", "--seeds", "1"]])
+def test_recorded_command_reproduces_the_settings(argv):
+    args = run.parse(argv)
+    assert vars(run.parse(run.command_line(args).split()[2:])) == vars(args)
