@@ -10,7 +10,9 @@ batch and epochs.
 
     python benchmarks/asni.py [--model conv2 --epochs 20 --magnitude 0.992 --scale 2 --lr 2e-4]
 
-Writes benchmarks/results/asni_<model>.md.
+Writes benchmarks/results/asni_<model>.md, and from seed 0 the schedule plot
+asni_<model>_schedule.png and the per-layer histograms of the surviving
+ASNI-I weights with c_plus / c_minus, asni_<model>_centroids.png.
 """
 
 import argparse
@@ -41,7 +43,8 @@ def main():
         source = common.export_data("fashion_mnist", data)
         for seed in range(args.seeds):
             job = dict(kind="asni", data=data, model=args.model, seed=seed, epochs=args.epochs,
-                       batch_size=args.batch_size, learning_rate=args.lr, magnitude=args.magnitude, scale=args.scale)
+                       batch_size=args.batch_size, learning_rate=args.lr, magnitude=args.magnitude, scale=args.scale,
+                       plots=str(common.RESULTS) if seed == 0 else None)
             result = common.run_worker(job, timeout=4 * 3600)
             tfmot = common.run_worker(dict(kind="accuracy", library="tfmot", data=data, model=args.model,
                                            sparsity=round(result["sparsity"], 4), seed=seed, epochs=args.epochs,

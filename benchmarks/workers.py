@@ -17,6 +17,7 @@ Under "tfmot"/"tf_keras" the process must run with TF_USE_LEGACY_KERAS=1.
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -178,6 +179,9 @@ def asni_job(job):
     result = {"asni1": compile_fit_evaluate(model, [method]), "sparsity": tfsparse.sparsity(model)}
     init = asni.amenable_initialization(model)
     result["init_bytes"], result["dense_bytes"] = init.size_bytes(), init.dense_size_bytes()
+    if job.get("plots"):  # the schedule reached and the surviving weights with c_plus / c_minus
+        asni.plot_schedule(method, Path(job["plots"]) / f"asni_{job['model']}_schedule.png")
+        asni.plot_centroid_histograms(model, init, Path(job["plots"]) / f"asni_{job['model']}_centroids.png")
     result["asni2"] = compile_fit_evaluate(asni.amenable_model(model, init), [])
     keras.utils.set_random_seed(job["seed"] + 1000)
     random_init = keras.models.clone_model(model)  # fresh random weights
