@@ -7,6 +7,7 @@ import tfsparse
 from tfsparse import layers as masked_layers
 from tfsparse.mask_functions import StraightThroughScores
 from conftest import random_mask
+from tfsparse.surgery import _all_layers
 
 L = keras.layers
 # (layer factory, input shape, integer inputs?)
@@ -24,6 +25,10 @@ LAYER_CASES = {
     "SeparableConv1D": (lambda: L.SeparableConv1D(4, 3), (8, 3)),
     "SeparableConv2D": (lambda: L.SeparableConv2D(4, 3), (8, 8, 3)),
     "Embedding": (lambda: L.Embedding(20, 4), (5,)),
+    # RNN cells are masked inside their RNN layer (kernel and recurrent kernel).
+    "SimpleRNNCell": (lambda: L.SimpleRNN(4), (6, 3)),
+    "GRUCell": (lambda: L.GRU(4), (6, 3)),
+    "LSTMCell": (lambda: L.LSTM(4, return_sequences=True), (6, 3)),
 }
 
 
@@ -52,18 +57,20 @@ def test_every_supported_keras_layer_has_a_case():
 def test_prune_keeps_outputs_and_strip_bakes_in_masks(name):
     model, x = make_case(name)
     pruned = tfsparse.prune(model)
-    layer = pruned.layers[-1]
+    layer = tfsparse.masked_weights(pruned)[0].layer
     assert type(layer).__name__ == "Masked" + name
     np.testing.assert_array_equal(pruned(x), model(x))  # all-ones masks
 
     randomize_masks(pruned)
     stripped = tfsparse.strip(pruned)
     assert type(stripped.layers[-1]) is type(model.layers[-1])
+    assert not any(masked_layers.is_masked(l) for l in _all_layers(stripped))
     masked_out = keras.ops.convert_to_numpy(pruned(x))
     np.testing.assert_allclose(stripped(x), masked_out, atol=1e-6, rtol=0)
     assert not np.allclose(masked_out, model(x))  # the masks did change the function
+    plain_layer = _all_layers(stripped)[_all_layers(pruned).index(layer)]
     for weight in tfsparse.masked_weights(pruned):
-        baked = keras.ops.convert_to_numpy(getattr(stripped.layers[-1], weight.attr))
+        baked = keras.ops.convert_to_numpy(getattr(plain_layer, weight.attr))
         expected = keras.ops.convert_to_numpy(weight.kernel) * keras.ops.convert_to_numpy(weight.mask)
         np.testing.assert_array_equal(baked, expected)
     # The input model is untouched.

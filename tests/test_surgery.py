@@ -65,7 +65,7 @@ def test_bad_selections_and_models_raise_clear_errors():
         tfsparse.prune(keras.Sequential([L.Dense(3)]))
 
 
-def test_subclassed_model_error_says_what_to_do():
+def test_subclassed_model_is_pruned_as_a_copy_or_in_place():
     class Net(keras.Model):
         def __init__(self):
             super().__init__()
@@ -75,9 +75,14 @@ def test_subclassed_model_error_says_what_to_do():
             return self.dense(x)
 
     net = Net()
-    net(np.zeros((1, 4), "float32"))
-    with pytest.raises(TypeError, match="MaskedDense"):
-        tfsparse.prune(net)
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    expected = keras.ops.convert_to_numpy(net(x))
+    pruned = tfsparse.prune(net)
+    assert pruned is not net and isinstance(pruned, Net)
+    assert not masked_layers.is_masked(net.dense) and masked_layers.is_masked(pruned.dense)
+    np.testing.assert_array_equal(pruned(x), expected)
+    in_place = tfsparse.prune(net, inplace=True)
+    assert in_place is net and masked_layers.is_masked(net.dense)
 
 
 def test_masked_layers_work_directly_in_a_subclassed_model():
@@ -103,8 +108,9 @@ def test_prune_keeps_the_compile_config_and_summary_counts():
     pruned = tfsparse.prune(model)
     assert pruned.compiled
     table = tfsparse.summary(pruned, print_fn=None)
-    assert table["layers"][0] | {} == {"name": "d/kernel", "type": "MaskedDense", "shape": (10, 4),
-                                       "params": 40, "nonzeros": 40, "sparsity": 0.0}
+    assert table["layers"][0] | {"path": None} == {"name": "d/kernel", "path": None, "type": "Dense",
+                                  "shape": (10, 4), "params": 40, "nonzeros": 40, "sparsity": 0.0,
+                                  "masked": True, "reason": None}
     printed = []
     tfsparse.summary(model, print_fn=printed.append)
     assert "d/kernel" in printed[0] and "total" in printed[0]

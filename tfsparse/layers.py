@@ -14,11 +14,39 @@ The kernel itself is never overwritten by the mask. The forward pass computes
 the *effective* kernel `scale * kernel * mask` and hands it to the unchanged
 Keras `call`, the way Keras itself hands over `kernel + lora` for LoRA: the
 public attribute (`kernel`, `embeddings`, `depthwise_kernel`, ...) becomes a
-property that returns the effective kernel. Which mask is applied in training
-is the business of an optional `mask_function` (see
+data descriptor that returns the effective kernel. Where the Keras class has
+a property of its own (Dense's `kernel` adds LoRA), the mask multiplies what
+that property returns, so LoRA composes with masking. Which mask is applied
+in training is the business of an optional `mask_function` (see
 `tfsparse.mask_functions`); without one the `mask` variable is used.
+
+A layer is masked either by constructing a masked class (`MaskedDense(...)`)
+or IN PLACE by `mask_layer(layer)`, which changes the class of a built layer
+to its masked subclass and adds the variables. In place is what reaches
+layers nested in other layers (the EinsumDense sublayers of
+MultiHeadAttention, RNN cells, the Dense layers of a custom block, the
+sublayers of a subclassed model): every reference to the layer stays valid.
+
+Custom layers join by declaring their prunable weights, as in tfmot:
+
+```python
+class MyLayer(keras.layers.Layer):
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 8))
+
+    def call(self, x):
+        return x @ self.w
+
+    def get_prunable_weights(self):
+        return [self.w]
+```
+
+A declared weight must be an attribute of the layer that `call` reads
+(`self.w`); the first call of a masked layer checks that every masked
+attribute was read, so masking never applies in name only.
 """
 
+import contextlib
 import inspect
 
 import keras
@@ -26,20 +54,21 @@ from keras import ops
 
 from tfsparse.mask_functions import MaskFunction
 
-_MASKING_CONFIG_KEYS = ("with_score", "with_scale", "state_names", "mask_function")
+MASKING_CONFIG_KEYS = ("with_score", "with_scale", "state_names", "mask_function")
+
 
 
 class MaskedWeight:
     """Handle on one prunable kernel of a masked layer and its variables.
 
     Methods work on these handles instead of on layers, so that a layer with
-    two kernels (SeparableConv) is simply two handles.
+    two kernels (SeparableConv, an LSTM cell) is simply two handles.
 
     Attributes:
         layer: the masked layer.
         attr: the public attribute name of the kernel (`"kernel"`,
-            `"embeddings"`, `"depthwise_kernel"`, `"pointwise_kernel"`).
-        name: `"<layer name>/<attr>"`, unique within a model.
+            `"embeddings"`, `"depthwise_kernel"`, `"recurrent_kernel"`, ...).
+        name: `"<layer name>/<attr>"`.
     """
 
     def __init__(self, layer, attr):
@@ -51,7 +80,7 @@ class MaskedWeight:
     @property
     def kernel(self):
         """The raw (dense, unmasked) kernel variable."""
-        return getattr(self.layer, _raw_name(self.attr))
+        return self.layer.__dict__[type(self.layer)._raw_slots[self.attr]]
 
     @property
     def mask(self):
@@ -91,14 +120,12 @@ class MaskedWeight:
 
 
 def _variable_prefix(attr):
-    """`kernel` -> `""`, `depthwise_kernel` -> `"depthwise_"`."""
+    """`kernel` -> `""`, `depthwise_kernel` -> `"depthwise_"`, `w` -> `"w_"`."""
     if attr in ("kernel", "embeddings"):
         return ""
-    return attr[: -len("kernel")]
-
-
-def _raw_name(attr):
-    return "_" + attr
+    if attr.endswith("kernel"):
+        return attr[: -len("kernel")]
+    return attr + "_"
 
 
 class _EffectiveKernel:
@@ -106,11 +133,16 @@ class _EffectiveKernel:
 
     Reading returns the effective (masked) kernel; assigning (as the parent's
     `build` does with `self.kernel = self.add_weight(...)`) stores the raw
-    variable under `_<attr>`.
+    variable in the instance dict under the layer class's raw slot. Being a
+    data descriptor, it takes precedence over the instance dict, which is
+    what lets `mask_layer` mask a layer whose class stores the kernel as a
+    plain attribute.
     """
 
-    def __init__(self, attr):
+    def __init__(self, attr, slot, base_property):
         self.attr = attr
+        self.slot = slot
+        self.base_property = base_property
 
     def __get__(self, layer, owner=None):
         if layer is None:
@@ -121,18 +153,26 @@ class _EffectiveKernel:
             )
         cached = layer.__dict__.get("_effective_kernels")
         if cached is not None and self.attr in cached:
+            layer.__dict__["_kernels_read"].add(self.attr)
             return cached[self.attr]
         return layer.effective_kernel(self.attr, training=False)
 
     def __set__(self, layer, value):
-        object.__setattr__(layer, _raw_name(self.attr), value)
+        layer.__dict__[self.slot] = value
+
+    def unmasked_value(self, layer):
+        """What the Keras class itself would return (e.g. kernel + LoRA)."""
+        if self.base_property is not None:
+            return self.base_property.fget(layer)
+        return layer.__dict__[self.slot]
 
 
 class MaskedLayerMixin:
     """Adds masks (and optional scores, scales, state) to a Keras layer.
 
     Subclasses list their prunable kernel attributes in `masked_attrs` and
-    put this mixin first in their bases, before the Keras layer.
+    put this mixin first in their bases, before the Keras layer; use
+    `masked_class(base)` to make one.
 
     Args:
         with_score: add a trainable `score` variable per kernel (zeros).
@@ -145,6 +185,7 @@ class MaskedLayerMixin:
     """
 
     masked_attrs = ("kernel",)
+    _raw_slots = {"kernel": "_kernel"}
 
     def __init__(
         self,
@@ -156,9 +197,9 @@ class MaskedLayerMixin:
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.with_score = bool(with_score)
-        self.with_scale = bool(with_scale)
-        self.state_names = tuple(state_names)
+        self._set_masking_options(with_score, with_scale, state_names, mask_function)
+
+    def _set_masking_options(self, with_score, with_scale, state_names, mask_function):
         if isinstance(mask_function, dict):
             mask_function = keras.saving.deserialize_keras_object(mask_function)
         if mask_function is not None and not isinstance(mask_function, MaskFunction):
@@ -166,14 +207,21 @@ class MaskedLayerMixin:
                 "`mask_function` must be a tfsparse.mask_functions.MaskFunction "
                 f"or None. Received: mask_function={mask_function!r}"
             )
+        self.with_score = bool(with_score)
+        self.with_scale = bool(with_scale)
+        self.state_names = tuple(state_names)
         self.mask_function = mask_function
         self._gradient_probes = None
+        self._checked_reads = False
 
     def build(self, input_shape=None):
         super().build(input_shape)
+        self._build_masking_weights()
+
+    def _build_masking_weights(self):
         for attr in self.masked_attrs:
             prefix = _variable_prefix(attr)
-            shape = getattr(self, _raw_name(attr)).shape
+            shape = self.__dict__[self._raw_slots[attr]].shape
             self._add_masking_weight(prefix + "mask", shape, "ones", trainable=False)
             if self.with_score:
                 self._add_masking_weight(prefix + "score", shape, "zeros", trainable=True)
@@ -201,6 +249,7 @@ class MaskedLayerMixin:
             autocast=False,
         )
         object.__setattr__(self, name, variable)
+        self.__dict__.setdefault("_masking_variables", []).append(variable)
         return variable
 
     @property
@@ -208,10 +257,15 @@ class MaskedLayerMixin:
         """One `MaskedWeight` handle per prunable kernel of this layer."""
         return [MaskedWeight(self, attr) for attr in self.masked_attrs]
 
+    @property
+    def masking_variables(self):
+        """The variables masking added (masks, scores, scales, states)."""
+        return list(self.__dict__.get("_masking_variables", ()))
+
     def effective_kernel(self, attr, training=False):
         """Computes `scale * kernel * mask` (+ a gradient probe, if set)."""
         handle = MaskedWeight(self, attr)
-        kernel = getattr(self, _raw_name(attr))
+        kernel = _descriptor(type(self), attr).unmasked_value(self)
         if self.mask_function is None:
             mask = handle.mask
         else:
@@ -225,18 +279,46 @@ class MaskedLayerMixin:
             effective = ops.add(effective, _cast(self._gradient_probes[attr], dtype))
         return effective
 
-    def call(self, inputs, training=None, **kwargs):
+    def _masked_call(self, *args, training=None, **kwargs):
         effective = {
             attr: self.effective_kernel(attr, training=bool(training))
             for attr in self.masked_attrs
         }
-        object.__setattr__(self, "_effective_kernels", effective)
+        self.__dict__["_effective_kernels"] = effective
+        self.__dict__["_kernels_read"] = set()
         try:
             if _accepts_training(super().call):
                 kwargs["training"] = training
-            return super().call(inputs, **kwargs)
+            outputs = super().call(*args, **kwargs)
+            self._check_reads(kwargs)
+            return outputs
         finally:
-            object.__setattr__(self, "_effective_kernels", None)
+            self.__dict__["_effective_kernels"] = None
+
+    def _check_reads(self, kwargs):
+        """The first call checks that `call` read every masked attribute:
+        a layer that reaches its weights another way would be masked in
+        name only."""
+        if self._checked_reads or kwargs.get("reverse"):  # ReversibleEmbedding's reverse pass
+            return
+        unread = [attr for attr in self.masked_attrs if attr not in self.__dict__["_kernels_read"]]
+        if unread:
+            raise RuntimeError(
+                f"Layer '{self.name}' ({type(self).__mro__[2].__name__}) is masked on "
+                f"{unread}, but its call() did not read them as `self.<attribute>`, so "
+                "the masks would not apply. Declare as prunable (get_prunable_weights) "
+                "only weights that call() reads through their attribute, or exclude "
+                "the layer from pruning."
+            )
+        self._checked_reads = True
+
+    def quantize(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"Layer '{self.name}' is masked: Keras's quantize() would replace its "
+            "kernel and bypass the mask. Strip the model first "
+            "(`plain = tfsparse.strip(model)`), then call `plain.quantize(...)`: "
+            "int8 quantization maps the stripped zeros to exact zeros."
+        )
 
     # Variables are saved by name, not by position: Keras' Dense/Conv/
     # Embedding serialize a fixed list (kernel, bias) and would drop masks.
@@ -249,8 +331,14 @@ class MaskedLayerMixin:
         prefix = self.path + "/"
         return {
             (variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.name).replace("/", "_"): variable
-            for variable in self.variables
+            for variable in self._own_variables()
         }
+
+    def _own_variables(self):
+        """This layer's variables, without those of its sublayers (a masked
+        custom layer saves its sublayers through their own save hooks)."""
+        own = {id(v) for layer in self._layers for v in layer.variables}
+        return [v for v in self.variables if id(v) not in own]
 
     def save_own_variables(self, store):
         for key, variable in self._saved_variables().items():
@@ -285,6 +373,14 @@ class MaskedLayerMixin:
         return config
 
 
+def _descriptor(cls, attr):
+    for klass in cls.__mro__:
+        found = klass.__dict__.get(attr)
+        if isinstance(found, _EffectiveKernel):
+            return found
+    raise AttributeError(f"{cls.__name__} has no masked attribute {attr!r}")
+
+
 def _cast(value, dtype):
     """Casts only when needed: on small models every extra op shows in step time."""
     return value if keras.backend.standardize_dtype(value.dtype) == dtype else ops.cast(value, dtype)
@@ -294,62 +390,157 @@ def _accepts_training(method):
     return "training" in inspect.signature(method).parameters
 
 
-def _masked_class(base, masked_attrs=("kernel",)):
-    """Creates and registers `Masked<Base>`."""
+#: Keras layer class -> its prunable attributes. RNN cells: tfmot prunes both
+#: the input and the recurrent kernel.
+PRUNABLE_ATTRIBUTES = {
+    keras.layers.Dense: ("kernel",),
+    keras.layers.EinsumDense: ("kernel",),
+    keras.layers.Conv1D: ("kernel",),
+    keras.layers.Conv2D: ("kernel",),
+    keras.layers.Conv3D: ("kernel",),
+    keras.layers.Conv1DTranspose: ("kernel",),
+    keras.layers.Conv2DTranspose: ("kernel",),
+    keras.layers.Conv3DTranspose: ("kernel",),
+    keras.layers.DepthwiseConv1D: ("kernel",),
+    keras.layers.DepthwiseConv2D: ("kernel",),
+    keras.layers.SeparableConv1D: ("depthwise_kernel", "pointwise_kernel"),
+    keras.layers.SeparableConv2D: ("depthwise_kernel", "pointwise_kernel"),
+    keras.layers.Embedding: ("embeddings",),
+    keras.layers.SimpleRNNCell: ("kernel", "recurrent_kernel"),
+    keras.layers.GRUCell: ("kernel", "recurrent_kernel"),
+    keras.layers.LSTMCell: ("kernel", "recurrent_kernel"),
+}
+
+_MASKED_CLASS_CACHE = {}
+
+
+def masked_class(base, masked_attrs=None):
+    """The masked subclass of the Keras layer class `base` (cached).
+
+    For the Keras classes of `PRUNABLE_ATTRIBUTES` it is the registered
+    `tfsparse>Masked<Name>` class, so `.keras` files load it by name.
+    """
+    masked_attrs = tuple(masked_attrs or PRUNABLE_ATTRIBUTES[base])
+    key = (base, masked_attrs)
+    if key in _MASKED_CLASS_CACHE:
+        return _MASKED_CLASS_CACHE[key]
     namespace = {
         "masked_attrs": masked_attrs,
+        "_raw_slots": {},
         "__doc__": (
-            f"`keras.layers.{base.__name__}` with a mask on "
-            f"{', '.join(masked_attrs)}. See `MaskedLayerMixin` for the extra "
-            "arguments; all others are those of the Keras layer."
+            f"`{base.__name__}` with a mask on {', '.join(masked_attrs)}. See "
+            "`MaskedLayerMixin` for the extra arguments; all others are those "
+            f"of `{base.__name__}`."
         ),
         "__module__": __name__,
     }
     for attr in masked_attrs:
-        namespace[attr] = _EffectiveKernel(attr)
+        base_property = inspect.getattr_static(base, attr, None)
+        base_property = base_property if isinstance(base_property, property) else None
+        slot = "_" + attr if base_property is not None else attr
+        namespace["_raw_slots"][attr] = slot
+        namespace[attr] = _EffectiveKernel(attr, slot, base_property)
+
+    def call(self, *args, **kwargs):
+        return self._masked_call(*args, **kwargs)
+
+    # Keras passes `training` and `mask` according to the signature of call.
+    call.__signature__ = inspect.signature(base.call)
+    namespace["call"] = call
     cls = type(f"Masked{base.__name__}", (MaskedLayerMixin, base), namespace)
-    return keras.saving.register_keras_serializable(package="tfsparse")(cls)
+    if base in PRUNABLE_ATTRIBUTES and masked_attrs == PRUNABLE_ATTRIBUTES[base]:
+        cls = keras.saving.register_keras_serializable(package="tfsparse")(cls)
+    _MASKED_CLASS_CACHE[key] = cls
+    return cls
 
 
 _layers = keras.layers
-MaskedDense = _masked_class(_layers.Dense)
-MaskedEinsumDense = _masked_class(_layers.EinsumDense)
-MaskedConv1D = _masked_class(_layers.Conv1D)
-MaskedConv2D = _masked_class(_layers.Conv2D)
-MaskedConv3D = _masked_class(_layers.Conv3D)
-MaskedConv1DTranspose = _masked_class(_layers.Conv1DTranspose)
-MaskedConv2DTranspose = _masked_class(_layers.Conv2DTranspose)
-MaskedConv3DTranspose = _masked_class(_layers.Conv3DTranspose)
-MaskedDepthwiseConv1D = _masked_class(_layers.DepthwiseConv1D)
-MaskedDepthwiseConv2D = _masked_class(_layers.DepthwiseConv2D)
-MaskedSeparableConv1D = _masked_class(
-    _layers.SeparableConv1D, ("depthwise_kernel", "pointwise_kernel")
-)
-MaskedSeparableConv2D = _masked_class(
-    _layers.SeparableConv2D, ("depthwise_kernel", "pointwise_kernel")
-)
-MaskedEmbedding = _masked_class(_layers.Embedding, ("embeddings",))
+MaskedDense = masked_class(_layers.Dense)
+MaskedEinsumDense = masked_class(_layers.EinsumDense)
+MaskedConv1D = masked_class(_layers.Conv1D)
+MaskedConv2D = masked_class(_layers.Conv2D)
+MaskedConv3D = masked_class(_layers.Conv3D)
+MaskedConv1DTranspose = masked_class(_layers.Conv1DTranspose)
+MaskedConv2DTranspose = masked_class(_layers.Conv2DTranspose)
+MaskedConv3DTranspose = masked_class(_layers.Conv3DTranspose)
+MaskedDepthwiseConv1D = masked_class(_layers.DepthwiseConv1D)
+MaskedDepthwiseConv2D = masked_class(_layers.DepthwiseConv2D)
+MaskedSeparableConv1D = masked_class(_layers.SeparableConv1D)
+MaskedSeparableConv2D = masked_class(_layers.SeparableConv2D)
+MaskedEmbedding = masked_class(_layers.Embedding)
+MaskedSimpleRNNCell = masked_class(_layers.SimpleRNNCell)
+MaskedGRUCell = masked_class(_layers.GRUCell)
+MaskedLSTMCell = masked_class(_layers.LSTMCell)
 
-#: Keras layer class -> its masked class. Exact classes only: a user subclass
-#: of Dense may change `call`, so it is not pruned silently.
-MASKED_CLASSES = {
-    cls.__mro__[2]: cls
-    for cls in (
-        MaskedDense,
-        MaskedEinsumDense,
-        MaskedConv1D,
-        MaskedConv2D,
-        MaskedConv3D,
-        MaskedConv1DTranspose,
-        MaskedConv2DTranspose,
-        MaskedConv3DTranspose,
-        MaskedDepthwiseConv1D,
-        MaskedDepthwiseConv2D,
-        MaskedSeparableConv1D,
-        MaskedSeparableConv2D,
-        MaskedEmbedding,
-    )
-}
+#: Keras layer class -> its registered masked class.
+MASKED_CLASSES = {base: masked_class(base) for base in PRUNABLE_ATTRIBUTES}
+
+
+def prunable_attributes(layer):
+    """The attributes `mask_layer` would mask on `layer`, or `()`.
+
+    A layer that defines `get_prunable_weights()` (tfmot's protocol) gets
+    the attributes holding those variables; raises ValueError when a
+    declared variable is no attribute of the layer. Otherwise the Keras
+    class (or the nearest Keras base of a subclass, e.g. KerasHub's
+    ReversibleEmbedding -> Embedding) decides.
+    """
+    if is_masked(layer):
+        return tuple(layer.masked_attrs)
+    declared = getattr(layer, "get_prunable_weights", None)
+    if callable(declared):
+        return _attributes_holding(layer, declared())
+    for klass in type(layer).__mro__:
+        if klass in PRUNABLE_ATTRIBUTES:
+            return PRUNABLE_ATTRIBUTES[klass]
+    return ()
+
+
+def _attributes_holding(layer, variables):
+    attributes = []
+    for variable in variables:
+        names = [
+            name for name, value in vars(layer).items()
+            if value is variable and not name.startswith("__")
+        ]
+        if not names:
+            raise ValueError(
+                f"Layer '{layer.name}' ({type(layer).__name__}) declares in "
+                f"get_prunable_weights() a variable that is none of its attributes: "
+                f"{getattr(variable, 'path', variable)!r}. Return variables stored "
+                "as attributes of the layer (`self.w = self.add_weight(...)`), "
+                "which call() reads as `self.w`."
+            )
+        name = names[0]
+        public = name.lstrip("_")
+        if name.startswith("_") and isinstance(inspect.getattr_static(type(layer), public, None), property):
+            name = public
+        attributes.append(name)
+    return tuple(dict.fromkeys(attributes))
+
+
+def mask_layer(layer, with_score=False, with_scale=False, state_names=(), mask_function=None):
+    """Masks a built layer IN PLACE: its class becomes the masked subclass
+    and the masking variables are added (masks all ones, so the layer
+    computes what it did). Returns the layer."""
+    attrs = prunable_attributes(layer)
+    if not attrs:
+        raise ValueError(f"Layer '{layer.name}' ({type(layer).__name__}) has no prunable weight.")
+    if not layer.built:
+        raise ValueError(f"Layer '{layer.name}' is not built; build the model before pruning it.")
+    layer.__class__ = masked_class(type(layer), attrs)
+    layer._set_masking_options(with_score, with_scale, state_names, mask_function)
+    locked = layer._tracker.locked
+    layer._tracker.unlock()
+    try:
+        with contextlib.ExitStack() as scopes:  # variables get the layer's full path, as in build()
+            for name in layer.path.split("/")[:-1]:
+                scopes.enter_context(keras.name_scope(name))
+            layer._build_masking_weights()
+    finally:
+        if locked:
+            layer._tracker.lock()
+    return layer
 
 
 def is_masked(layer):
@@ -364,6 +555,6 @@ def base_class(masked_layer):
 def base_config(masked_layer):
     """The masked layer's config without the masking arguments."""
     config = masked_layer.get_config()
-    for key in _MASKING_CONFIG_KEYS:
+    for key in MASKING_CONFIG_KEYS:
         config.pop(key, None)
     return config

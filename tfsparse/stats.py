@@ -1,44 +1,67 @@
 """Per-layer sparsity tables for masked, stripped and plain models."""
 
+import collections
+
 import keras
 import numpy as np
 
 from tfsparse import layers as masked_layers
-from tfsparse.surgery import _all_layers
+from tfsparse.surgery import _all_layers, _weight_matrices, coverage
 
 
-
-def _kernel_values(layer):
-    """(attr, effective kernel as numpy) for each prunable kernel of a layer."""
+def _values(layer):
+    """id(variable) -> value as numpy for a layer's weight matrices, with
+    masked kernels replaced by their effective (inference) value."""
+    values = {id(v): v for v in _weight_matrices(layer)}
     if masked_layers.is_masked(layer):
-        return [(w.attr, w.effective_value()) for w in layer.masked_weights]
-    masked_class = masked_layers.MASKED_CLASSES.get(type(layer))
-    if masked_class is None or not layer.built:
-        return []
-    return [
-        (attr, keras.ops.convert_to_numpy(getattr(layer, attr)))
-        for attr in masked_class.masked_attrs
-    ]
+        for weight in layer.masked_weights:
+            values[id(weight.kernel)] = weight.effective_value()
+    return {key: keras.ops.convert_to_numpy(value) for key, value in values.items()}
 
 
 def layer_rows(model):
-    """One dict per prunable kernel: name, type, shape, params, nonzeros, sparsity."""
+    """One dict per weight matrix (rank >= 2, biases aside) of the model:
+    name, type, shape, params, nonzeros, sparsity, masked, reason (why it
+    is left dense, or None)."""
+    reasons = {row["weight"]: row for row in coverage(model)}
     rows = []
     for layer in _all_layers(model):
-        for attr, value in _kernel_values(layer):
+        values = _values(layer)
+        for variable in _weight_matrices(layer):
+            value = values[id(variable)]
             params = int(value.size)
             nonzeros = int(np.count_nonzero(value))
+            info = reasons.get(variable.path, {})
             rows.append(
                 {
-                    "name": f"{layer.name}/{attr}",
-                    "type": type(layer).__name__,
+                    "name": f"{layer.name}/{_attribute_name(layer, variable)}",
+                    "path": variable.path,
+                    "type": _class_name(layer),
                     "shape": tuple(int(d) for d in value.shape),
                     "params": params,
                     "nonzeros": nonzeros,
                     "sparsity": 1.0 - nonzeros / params if params else 0.0,
+                    "masked": masked_layers.is_masked(layer) and info.get("masked", True),
+                    "reason": info.get("reason"),
                 }
             )
+    counts = collections.Counter(row["name"] for row in rows)
+    for row in rows:
+        if counts[row["name"]] > 1:  # the `query` of two attention blocks
+            row["name"] = row["path"]
     return rows
+
+
+def _class_name(layer):
+    return (masked_layers.base_class(layer) if masked_layers.is_masked(layer) else type(layer)).__name__
+
+
+def _attribute_name(layer, variable):
+    for attr in masked_layers.prunable_attributes(layer):
+        slot = "_" + attr if ("_" + attr) in layer.__dict__ else attr
+        if layer.__dict__.get(slot) is variable:
+            return attr
+    return variable.name
 
 
 def _totals(rows):
@@ -48,24 +71,30 @@ def _totals(rows):
 
 
 def sparsity(model):
-    """Overall sparsity (zero fraction) of the model's prunable kernels."""
+    """Overall sparsity: the zero fraction of ALL the model's weight
+    matrices (every variable of rank >= 2 but biases: kernels, embeddings,
+    recurrent kernels, position embeddings...), pruned or not, so a layer
+    left dense lowers it. `summary` shows which are masked."""
     return _totals(layer_rows(model))["sparsity"]
 
 
 def format_table(rows):
-    """The rows of `layer_rows` as an aligned text table with totals."""
-    header = ("layer", "type", "kernel shape", "params", "nonzeros", "sparsity")
+    """The rows of `layer_rows` as an aligned text table with totals; for a
+    masked model, a last column says why a weight is left dense."""
+    notes = any(r["masked"] for r in rows) and not all(r["masked"] for r in rows)
+    header = ("layer", "type", "kernel shape", "params", "nonzeros", "sparsity") + (("left dense because",) if notes else ())
     lines = [
         (r["name"], r["type"], "x".join(map(str, r["shape"])), str(r["params"]),
          str(r["nonzeros"]), f"{r['sparsity']:.2%}")
+        + (("" if r["masked"] else r["reason"] or "not masked",) if notes else ())
         for r in rows
     ]
     totals = _totals(rows)
-    lines.append(("total", "", "", str(totals["params"]), str(totals["nonzeros"]), f"{totals['sparsity']:.2%}"))
+    lines.append(("total", "", "", str(totals["params"]), str(totals["nonzeros"]), f"{totals['sparsity']:.2%}") + (("",) if notes else ()))
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     def fmt(cells):
         return "  ".join(
-            c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            c.ljust(w) if i < 3 or i == 6 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
         )
     rule = "-" * len(fmt(header))
     return "\n".join([fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])])
@@ -74,8 +103,9 @@ def format_table(rows):
 def summary(model, print_fn=print):
     """Prints and returns the per-layer sparsity table of a model.
 
-    Works for masked models (effective kernels), stripped and plain models
-    (zeros in the kernels of prunable layer types).
+    Lists every weight matrix: for masked models the effective kernels and,
+    for those left dense, why (frozen, excluded, unsupported); for stripped
+    and plain models the zeros in their weights.
 
     Returns:
         dict with "layers" (the rows of `layer_rows`) and "total"

@@ -1,36 +1,79 @@
-"""Model surgery: `prune` puts masked layers in, `strip` takes them out.
+"""Model surgery: `prune` puts masks in, `strip` takes them out.
 
-Both return new models (the input model is never changed) built with
-`keras.models.clone_model`, which keeps shared layers shared and, with
-`recursive=True`, walks into nested models. Weights are copied by variable
-name after cloning.
+`prune` masks layers IN PLACE on a copy of the model (or on the model itself
+with `inplace=True`): every layer of the model's tree is reached, including
+layers nested in other layers (MultiHeadAttention's projections, RNN cells,
+the Dense layers of a custom block, KerasHub blocks) and the sublayers of a
+subclassed model. The copy is Keras's own serialization round trip
+(`serialize_keras_object` -> `deserialize_keras_object`) plus the weights,
+which handles operation nodes (`x + y`, `x[:, 0]`, `keras.ops` calls),
+shared layers, nested models and subclassed models with a config.
+
+`strip` builds the plain model from the same config with the masked classes
+replaced by their Keras bases, and copies the weights with the effective
+kernels baked in. It never compiles the result: the stripped model carries
+no optimizer (its file is the size of its weights) and nothing to
+deserialize from the user's training setup.
+
+Coverage: every weight matrix (a variable of rank >= 2) that `prune` leaves
+dense is listed with the reason (`coverage(model)`, `tfsparse.summary`), and
+a warning names those left dense for a reason the user did not choose
+(unsupported layer class, frozen layer). `strict=True` raises instead for
+unsupported ones, as tfmot does.
 """
 
+import collections
 import fnmatch
+import inspect
+import warnings
 
 import keras
 
 from tfsparse import layers as masked_layers
 
+FROZEN = "frozen (trainable=False)"
+EXCLUDED = "excluded by `exclude`"
+NOT_SELECTED = "not selected by `layers`"
 
-def prune(model, layers=None, exclude=None, **layer_kwargs):
-    """Returns a copy of `model` whose prunable layers are masked.
+
+class PruningCoverageWarning(UserWarning):
+    """Weight matrices left dense for a reason the user did not state."""
+
+
+def prune(model, layers=None, exclude=None, strict=False, inplace=False, **layer_kwargs):
+    """Returns a copy of `model` whose prunable weights are masked.
 
     The masks start at all ones, so the new model computes exactly what the
     old one did. Train it with a method from `tfsparse.methods`.
 
+    Prunable: the kernels of Dense, EinsumDense, Conv*, Conv*Transpose,
+    DepthwiseConv*, SeparableConv* (both kernels), Embedding, and the
+    `kernel` and `recurrent_kernel` of SimpleRNN / GRU / LSTM cells, wherever
+    they sit in the model (nested in MultiHeadAttention, Bidirectional,
+    TimeDistributed, custom layers, KerasHub blocks), subclasses of those
+    classes, and the weights a custom layer declares with
+    `get_prunable_weights()`. Frozen layers (`trainable=False`, e.g. a
+    transfer-learning backbone) are left dense unless `layers` selects them:
+    their pruned weights could not recover.
+
     Args:
-        model: a built Sequential or functional Keras model (nested models
-            are pruned too).
-        layers: which layers to prune. `None` (all supported layers), or one
-            or a list of: a layer name pattern (`fnmatch`, e.g. `"dense*"`),
-            a layer class, or a callable `layer -> bool`.
+        model: a built Keras model: Sequential, functional (operation
+            nodes, nested models) or subclassed.
+        layers: which layers to prune. `None` (all), or one or a list of: a
+            layer name pattern (`fnmatch`, e.g. `"dense*"`), a layer class,
+            or a callable `layer -> bool`. Selecting a layer selects the
+            prunable layers inside it (`layers=keras.layers.MultiHeadAttention`).
         exclude: layers to leave dense, same forms as `layers`.
+        strict: raise if a weight matrix cannot be pruned (unsupported layer
+            class) instead of leaving it dense with a warning.
+        inplace: mask `model` itself instead of a copy (for subclassed models
+            whose config cannot rebuild them). On an error the model is left
+            unchanged.
         **layer_kwargs: passed to every masked layer (`with_score`,
             `with_scale`, `state_names`, `mask_function`).
 
     Returns:
-        A new Keras model with masked layers.
+        The pruned model (a new one unless `inplace`).
 
     Example:
 
@@ -47,43 +90,82 @@ def prune(model, layers=None, exclude=None, **layer_kwargs):
             f"{already} are masked. Call tfsparse.strip(model) first to get a "
             "plain model, or keep training the pruned one."
         )
-    selected = _select_layers(model, layers, exclude)
-
-    def to_masked(layer):
-        if id(layer) in selected:
-            masked_class = masked_layers.MASKED_CLASSES[type(layer)]
-            return masked_class(**layer.get_config(), **layer_kwargs)
-        return _default_clone(layer)
-
-    return _clone_and_copy(model, to_masked, _copy_into_masked)
+    _check_layer_kwargs(layer_kwargs)
+    plan = _plan(model, layers, exclude)
+    unsupported = [row for row in plan["rows"] if row["reason"] and row["reason"].startswith("unsupported")]
+    if strict and unsupported:
+        raise ValueError(
+            "strict=True and tfsparse cannot prune these weight matrices: "
+            + "; ".join(f"{row['weight']} {row['shape']} ({row['reason']})" for row in unsupported)
+            + ". Exclude their layers (`exclude=[...]`), declare their prunable weights "
+            "with get_prunable_weights(), or pass strict=False to leave them dense."
+        )
+    target = model if inplace else _copy(model, keep_compile=True)
+    target_layers = _all_layers(target)
+    for index in plan["selected"]:
+        masked_layers.mask_layer(target_layers[index], **layer_kwargs)
+    target._tfsparse_coverage = plan["rows"]
+    _warn_left_dense(plan["rows"])
+    return target
 
 
 def strip(model):
     """Returns a plain Keras model with the masks baked into the kernels.
 
-    The architecture is the original one (Dense stays Dense), the kernels are
-    the effective inference kernels `scale * kernel * mask`, so the outputs
-    equal the masked model's in inference. This is the model to save, ship
-    and convert. A model without masked layers is returned as a copy.
+    The architecture is the original one (Dense stays Dense, an LSTM keeps
+    its plain cell), the kernels are the effective inference kernels
+    `scale * kernel * mask`, so the outputs equal the masked model's in
+    inference. This is the model to save, ship and convert. It is not
+    compiled: compile it to evaluate or fine-tune (fine-tuning a stripped
+    model lets the zeros grow back; keep training the masked model instead,
+    see the README). A model without masked layers is returned as a copy.
     """
     _check_model(model, "model")
-
-    def to_plain(layer):
+    folded = {}  # id(variable) -> value in the plain model, or None to drop it
+    for layer in _all_layers(model):
         if masked_layers.is_masked(layer):
-            base = masked_layers.base_class(layer)
-            return base.from_config(masked_layers.base_config(layer))
-        return _default_clone(layer)
-
-    return _clone_and_copy(model, to_plain, _copy_from_masked)
+            for variable in layer.masking_variables + _lora_variables(layer):
+                folded[id(variable)] = None
+            for weight in layer.masked_weights:
+                folded[id(weight.kernel)] = weight.effective_value()
+    values = []
+    for variable in model.weights:
+        value = folded.get(id(variable), variable)
+        if value is not None:
+            values.append(keras.ops.convert_to_numpy(value))
+    plain = _copy(model, plain=True, weights=values)
+    return plain
 
 
 def masked_weights(model):
-    """All `MaskedWeight` handles of a model, in layer order, each once."""
+    """All `MaskedWeight` handles of a model, in layer order, each once.
+
+    Names are `<layer name>/<attr>`; where two nested layers share a name
+    (the `query` of two attention blocks) their full paths are used.
+    """
     handles = []
     for layer in _all_layers(model):
         if masked_layers.is_masked(layer):
             handles.extend(layer.masked_weights)
+    counts = collections.Counter(handle.name for handle in handles)
+    for handle in handles:
+        if counts[handle.name] > 1:
+            handle.name = f"{handle.layer.path}/{handle.attr}"
     return handles
+
+
+def coverage(model):
+    """One row per weight matrix (rank >= 2) of `model`: weight, layer,
+    class, shape, params, masked (bool) and, when not masked, the reason.
+
+    For a model returned by `prune` the reasons are the ones `prune` found
+    (frozen, excluded, not selected, unsupported); otherwise they are
+    recomputed as if the model were pruned with default arguments.
+    """
+    recorded = getattr(model, "_tfsparse_coverage", None)
+    if recorded is not None and any(masked_layers.is_masked(l) for l in _all_layers(model)):
+        return [dict(row) for row in recorded]
+    return _plan(model, None, None)["rows"]
 
 
 def _check_model(model, argument):
@@ -92,45 +174,50 @@ def _check_model(model, argument):
             f"`{argument}` must be a keras.Model. Received: "
             f"{argument}={model!r} of type {type(model).__name__}"
         )
-    if not isinstance(model, (keras.Sequential,)) and not _is_functional(model):
-        raise TypeError(
-            f"`{argument}` is a subclassed model ({type(model).__name__}); "
-            "tfsparse can only rewrite Sequential and functional models, whose "
-            "layer graph is known. Either build the subclassed model with "
-            "masked layers directly (e.g. tfsparse.layers.MaskedDense instead "
-            "of keras.layers.Dense), or express it as a functional model."
-        )
     if not model.built:
         raise ValueError(
             f"`{argument}` is not built yet. Give it an input shape "
-            "(keras.Input(...) as first layer, or call model.build(shape)) "
-            "before pruning."
+            "(keras.Input(...) as first layer, call model.build(shape), or call "
+            "the model on a batch) before pruning."
         )
 
 
-def _is_functional(model):
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, Functional)
+def _check_layer_kwargs(layer_kwargs):
+    unknown = sorted(set(layer_kwargs) - set(masked_layers.MASKING_CONFIG_KEYS))
+    if unknown:
+        raise TypeError(
+            f"Unknown masking arguments {unknown}. Allowed: "
+            f"{list(masked_layers.MASKING_CONFIG_KEYS)}. Received: {layer_kwargs!r}"
+        )
+    function = layer_kwargs.get("mask_function")
+    if function is not None and not isinstance(function, masked_layers.MaskFunction):
+        raise TypeError(
+            "`mask_function` must be a tfsparse.mask_functions.MaskFunction "
+            f"or None. Received: mask_function={function!r}"
+        )
 
 
 def _all_layers(model):
-    """Layers of the model and its nested models, depth first, each once."""
-    seen, ordered = set(), []
+    """Every layer in the model's tree (sublayers of layers included, nested
+    models walked into but not listed), in a fixed order, each once."""
+    return [
+        layer for layer in model._flatten_layers(include_self=False, recursive=True)
+        if not isinstance(layer, keras.Model)
+    ]
 
-    def visit(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if isinstance(layer, keras.Model):
-            for inner in layer.layers:
-                visit(inner)
-        else:
-            ordered.append(layer)
 
-    for layer in model.layers:
-        visit(layer)
-    return ordered
+def _ancestors(model):
+    """id(layer) -> the layers that contain it (outermost first)."""
+    chains = {}
+
+    def visit(layer, chain):
+        for sub in layer._layers:
+            if id(sub) not in chains:
+                chains[id(sub)] = chain
+                visit(sub, chain + [sub])
+
+    visit(model, [])
+    return chains
 
 
 def _matches(layer, selectors):
@@ -160,86 +247,245 @@ def _as_list(selection):
     return [selection]
 
 
-def _select_layers(model, layers, exclude):
-    """Ids of the layers to mask; raises when the selection is unusable."""
-    candidates = _all_layers(model)
-    supported = [layer for layer in candidates if type(layer) in masked_layers.MASKED_CLASSES]
-    include = _as_list(layers)
-    excluded = _as_list(exclude)
+def _weight_matrices(layer):
+    """The layer's own variables of rank >= 2 (not its sublayers', not
+    biases: EinsumDense's are 2-D), masking variables left out."""
+    inner = {id(v) for sub in layer._layers for v in sub.variables}
+    if masked_layers.is_masked(layer):
+        inner.update(id(v) for v in layer.masking_variables)
+    return [
+        v for v in layer.variables
+        if len(v.shape) >= 2 and id(v) not in inner and "bias" not in v.name
+    ]
+
+
+def _has_own_variables(layer):
+    inner = {id(v) for sub in layer._layers for v in sub.variables}
+    return any(id(v) not in inner for v in layer.variables)
+
+
+def _plan(model, layers, exclude):
+    """Which layers to mask (indices into `_all_layers`) and one coverage
+    row per weight matrix; raises when the selection is unusable."""
+    include, excluded = _as_list(layers), _as_list(exclude)
+    chains = _ancestors(model)
+    all_layers = _all_layers(model)
+    selected, rows, prunable_seen = [], [], []
+    matched_by_include = set()
+    for index, layer in enumerate(all_layers):
+        chain = [l for l in chains.get(id(layer), []) if not isinstance(l, keras.Model)] + [layer]
+        attrs = masked_layers.prunable_attributes(layer)
+        in_include = not include or any(_matches(l, include) for l in chain)
+        if include and _matches(layer, include):
+            matched_by_include.add(id(layer))
+        if attrs:
+            prunable_seen.append(layer)
+            if not in_include:
+                reason = NOT_SELECTED
+            elif any(_matches(l, excluded) for l in chain):
+                reason = EXCLUDED
+            elif not layer.trainable and not include:
+                reason = FROZEN
+            else:
+                reason = None
+                selected.append(index)
+        prunable_variables = {id(_raw_variable(layer, a)) for a in attrs}
+        for variable in _weight_matrices(layer):
+            if id(variable) in prunable_variables:
+                row_reason = reason
+            elif attrs:
+                row_reason = f"unsupported: not a prunable weight of {type(layer).__name__}"
+            else:
+                row_reason = f"unsupported layer class {type(layer).__name__}"
+            rows.append({
+                "weight": variable.path, "layer": layer.name, "class": type(layer).__name__,
+                "shape": tuple(int(d) for d in variable.shape),
+                "params": int(keras.ops.size(variable)), "masked": row_reason is None,
+                "reason": row_reason,
+            })
+    _check_selection(model, layers, exclude, include, all_layers, matched_by_include, prunable_seen, selected)
+    return {"selected": selected, "rows": rows}
+
+
+def _raw_variable(layer, attr):
+    slot = "_" + attr if ("_" + attr) in layer.__dict__ else attr
+    return layer.__dict__.get(slot)
+
+
+def _check_selection(model, layers, exclude, include, all_layers, matched, prunable, selected):
     if include:
-        chosen = [layer for layer in candidates if _matches(layer, include)]
-        unsupported = [
+        unusable = [
             f"{layer.name} ({type(layer).__name__})"
-            for layer in chosen
-            if type(layer) not in masked_layers.MASKED_CLASSES
-            and layer.weights  # weightless layers matched by a broad pattern are fine
+            for layer in all_layers
+            if id(layer) in matched and _has_own_variables(layer)
+            and not masked_layers.prunable_attributes(layer)
         ]
-        if unsupported:
+        if unusable:
             raise ValueError(
-                f"`layers` selects layers that tfsparse cannot prune: {unsupported}. "
-                "Supported layer classes: "
-                f"{sorted(cls.__name__ for cls in masked_layers.MASKED_CLASSES)}. "
-                f"Received: layers={layers!r}"
+                f"`layers` selects layers that tfsparse cannot prune: {unusable}. "
+                "Prunable: Dense, EinsumDense, Conv*, DepthwiseConv*, SeparableConv*, "
+                "Embedding, SimpleRNN/GRU/LSTM cells, their subclasses, and custom "
+                f"layers with get_prunable_weights(). Received: layers={layers!r}"
             )
-        chosen = [layer for layer in chosen if type(layer) in masked_layers.MASKED_CLASSES]
-    else:
-        chosen = supported
-    chosen = [layer for layer in chosen if not _matches(layer, excluded)]
-    if not chosen:
-        if not supported:
+    if not selected:
+        if not prunable:
             raise ValueError(
                 f"`model` ({model.name}) has no layer that tfsparse can prune. "
-                "Supported layer classes: "
-                f"{sorted(cls.__name__ for cls in masked_layers.MASKED_CLASSES)}; "
-                f"the model has {sorted({type(l).__name__ for l in candidates})}."
+                "Prunable: Dense, EinsumDense, Conv*, DepthwiseConv*, SeparableConv*, "
+                "Embedding, SimpleRNN/GRU/LSTM cells (anywhere in the model), their "
+                "subclasses, and custom layers with get_prunable_weights(); the model "
+                f"has {sorted({type(l).__name__ for l in all_layers})}."
             )
         raise ValueError(
-            "The layer selection matches no prunable layer. "
+            "The layer selection matches no prunable layer that is trainable. "
             f"Received: layers={layers!r}, exclude={exclude!r}. "
-            f"Prunable layers in the model: {[layer.name for layer in supported]}"
+            f"Prunable layers in the model: {[layer.name for layer in prunable]}"
+            + ("; frozen layers (trainable=False) are pruned only when `layers` selects them"
+               if any(not layer.trainable for layer in prunable) else "")
         )
-    return {id(layer) for layer in chosen}
 
 
-def _default_clone(layer):
-    if isinstance(layer, keras.Model):
-        # clone_model(recursive=True) clones nested Sequential and functional
-        # models itself; only a nested subclassed model ends up here.
-        _check_model(layer, "model (nested)")
-    return layer.__class__.from_config(layer.get_config())
-
-
-def _clone_and_copy(model, clone_layer, copy_masked):
-    pairs = []
-
-    def clone_function(layer):
-        new_layer = clone_layer(layer)
-        pairs.append((layer, new_layer))
-        return new_layer
-
-    new_model = keras.models.clone_model(
-        model, clone_function=clone_function, recursive=True
+def _warn_left_dense(rows):
+    unchosen = [row for row in rows if not row["masked"] and row["reason"] not in (EXCLUDED, NOT_SELECTED)]
+    if not unchosen:
+        return
+    total = sum(row["params"] for row in rows)
+    dense = sum(row["params"] for row in unchosen)
+    listing = "; ".join(f"{row['weight']} {row['shape']}: {row['reason']}" for row in unchosen[:20])
+    more = f"; and {len(unchosen) - 20} more" if len(unchosen) > 20 else ""
+    warnings.warn(
+        f"tfsparse.prune left {len(unchosen)} weight matrices dense ({dense:,} of "
+        f"{total:,} weight-matrix parameters, {dense / total:.1%}): {listing}{more}. "
+        "tfsparse.summary(model) lists them; strict=True raises instead.",
+        PruningCoverageWarning,
+        stacklevel=3,
     )
-    for old_layer, new_layer in pairs:
-        if masked_layers.is_masked(old_layer) or masked_layers.is_masked(new_layer):
-            copy_masked(old_layer, new_layer)
-        else:
-            new_layer.set_weights(old_layer.get_weights())
-    return new_model
 
 
-def _copy_into_masked(plain, masked):
-    """plain Keras layer -> masked layer: copy its variables by name."""
-    by_name = {variable.name: variable for variable in masked.weights}
-    for variable in plain.weights:
-        by_name[variable.name].assign(variable)
+def _lora_variables(layer):
+    if not getattr(layer, "lora_enabled", False):
+        return []
+    return [layer.lora_kernel_a, layer.lora_kernel_b]
 
 
-def _copy_from_masked(masked, plain):
-    """masked layer -> plain layer: kernels become the effective kernels."""
-    by_name = {variable.name: variable for variable in masked.weights}
-    for variable in plain.weights:
-        if variable.name in masked.masked_attrs:
-            variable.assign(keras.ops.convert_to_numpy(masked.effective_kernel(variable.name, training=False)))
-        else:
-            variable.assign(by_name[variable.name])
+def _classes_in(model):
+    """Class name -> class for every layer and operation in the model's
+    tree, so that deserialization finds unregistered user classes."""
+    classes = {type(model).__name__: type(model)}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        classes[type(layer).__name__] = type(layer)
+    for operation in getattr(model, "operations", []):
+        classes.setdefault(type(operation).__name__, type(operation))
+    return classes
+
+
+def _copy(model, plain=False, weights=None, keep_compile=False):
+    """A new model from `model`'s config and its weights (or `weights`).
+
+    `plain`: masked classes become their bases. `keep_compile`: compile the
+    copy as the model was, when its compile config can be rebuilt (a user's
+    unregistered learning-rate schedule cannot): else it is left uncompiled,
+    with a warning.
+    """
+    config = keras.saving.serialize_keras_object(model)
+    compile_config = config.pop("compile_config", None)
+    if plain:
+        config = _plain_config(config, _masked_classes_in(model))
+    try:
+        with keras.saving.custom_object_scope(_classes_in(model)), warnings.catch_warnings():
+            # Keras warns about custom layers without build() (the keras.io
+            # transformer block); they were built the same way before.
+            warnings.filterwarnings("ignore", message="`build\\(\\)` was called on layer")
+            copy = _deserialize(config, type(model))
+    except Exception as error:  # any failure of a user's from_config
+        raise ValueError(
+            f"tfsparse could not rebuild '{model.name}' ({type(model).__name__}) from its "
+            f"config: {type(error).__name__}: {error}. Give the model (and its custom "
+            "layers) a get_config() that from_config() accepts, or, to prune, pass "
+            "inplace=True to mask the model itself."
+        ) from error
+    if not copy.built:
+        raise ValueError(
+            f"tfsparse rebuilt '{model.name}' from its config but could not build it "
+            "(no build config). Call the model on a batch before pruning, or pass inplace=True."
+        )
+    old_layers, new_layers = _all_layers(model), _all_layers(copy)
+    if [_base_name(l) for l in old_layers] != [_base_name(l) for l in new_layers]:
+        raise ValueError(
+            f"Rebuilding '{model.name}' from its config gave a different layer tree. "
+            "Pass inplace=True to mask the model itself."
+        )
+    for old, new in zip(old_layers, new_layers):
+        if new.name != old.name:  # subclassed models name their sublayers anew
+            new.name = old.name
+    values = model.get_weights() if weights is None else weights
+    if len(values) != len(copy.weights):
+        raise ValueError(
+            f"Rebuilding '{model.name}' from its config gave {len(copy.weights)} variables "
+            f"where {len(values)} were expected."
+        )
+    copy.set_weights(values)
+    if keep_compile and compile_config:
+        try:
+            with keras.saving.custom_object_scope(_classes_in(model)):
+                copy.compile_from_config(compile_config)
+        except Exception as error:  # the user's optimizer or schedule
+            warnings.warn(
+                f"The copy of '{model.name}' could not be compiled like the model "
+                f"({type(error).__name__}: {_first_line(error)}); compile it again before fit.",
+                stacklevel=3,
+            )
+    return copy
+
+
+def _first_line(error):
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
+def _deserialize(config, cls):
+    """`deserialize_keras_object`, retried for a subclassed model whose
+    `__init__` takes no `name`/`trainable`/`dtype` (Keras's automatic config
+    passes them): then with only the arguments `__init__` accepts."""
+    try:
+        return keras.saving.deserialize_keras_object(config)
+    except TypeError:
+        parameters = inspect.signature(cls.__init__).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            raise
+        config = dict(config, config={k: v for k, v in config["config"].items() if k in parameters})
+        return keras.saving.deserialize_keras_object(config)
+
+
+def _base_name(layer):
+    return (masked_layers.base_class(layer) if masked_layers.is_masked(layer) else type(layer)).__name__
+
+
+def _masked_classes_in(model):
+    return {
+        type(layer).__name__: type(layer)
+        for layer in _all_layers(model)
+        if masked_layers.is_masked(layer)
+    }
+
+
+def _plain_config(config, masked):
+    """The serialized config with every masked layer's entry turned into
+    its Keras base class's entry (masking arguments and LoRA dropped: LoRA
+    is folded into the stripped kernel)."""
+    if isinstance(config, list):
+        return [_plain_config(item, masked) for item in config]
+    if not isinstance(config, dict):
+        return config
+    config = {key: _plain_config(value, masked) for key, value in config.items()}
+    cls = masked.get(config.get("class_name"))
+    if cls is not None and isinstance(config.get("config"), dict):
+        base = cls.__mro__[2]
+        inner = {
+            key: value for key, value in config["config"].items()
+            if key not in masked_layers.MASKING_CONFIG_KEYS and key not in ("lora_rank", "lora_alpha")
+        }
+        config.update(
+            module=base.__module__, class_name=base.__name__, config=inner,
+            registered_name=keras.saving.get_registered_name(base),
+        )
+    return config
