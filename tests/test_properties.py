@@ -113,6 +113,68 @@ def test_global_hits_the_total_and_leaves_no_layer_empty(shapes, sparsity, seed)
 
 
 @FAST
+@given(layer_shapes, sparsities, st.none() | st.floats(0.0, 0.3), st.sampled_from([allocation.Global, allocation.LAMP]),
+       st.floats(1e-4, 1e4), st.integers(0, 2**16))
+def test_global_and_lamp_hit_the_total_and_keep_the_floor(shapes, sparsity, min_density, cls, scale, seed):
+    scores = random_scores(shapes, seed)
+    first = sorted(scores)[0]
+    scores[first] = scores[first] * np.float32(scale)  # a layer of another scale
+    sizes = {n: s.size for n, s in scores.items()}
+    total = sum(sizes.values())
+    budget = round(total * (1 - sparsity))
+    method = cls(min_density=min_density)
+    if budget < len(scores):
+        with pytest.raises(ValueError, match="leaves no weights"):
+            method.masks(scores, sparsity)
+        return
+    if min_density is None:  # 1%, or half the density when lower; else the 1-weight guard
+        floors = {n: allocation.keep_count(size, 1 - min(0.01, 0.5 * budget / total)) for n, size in sizes.items()}
+        if sum(floors.values()) > budget:
+            floors = dict.fromkeys(sizes, 1)
+    else:
+        floors = {n: allocation.keep_count(size, 1 - min_density) for n, size in sizes.items()}
+        if sum(floors.values()) > budget:
+            with pytest.raises(ValueError, match=f"Received: min_density={min_density}, sparsity={sparsity}"):
+                method.masks(scores, sparsity)
+            return
+    masks = method.masks(scores, sparsity)
+    assert sum(int(m.sum()) for m in masks.values()) == budget
+    for n, mask in masks.items():
+        assert mask.shape == scores[n].shape and int(mask.sum()) >= floors[n]
+        ranked = np.abs(scores[n]) if cls is allocation.LAMP else scores[n]  # LAMP squares the scores
+        if 0 < mask.sum() < mask.size:  # each layer keeps its best
+            assert ranked[mask].min() >= ranked[~mask].max()
+
+
+@FAST
+@given(layer_shapes, st.floats(0.5, 0.999), st.floats(0.0, 0.2), st.booleans(), st.integers(0, 2**16))
+def test_global_floor_equals_forcing_every_layer_floor(shapes, sparsity, min_density, with_tiebreak, seed):
+    # Few distinct values and layers of very different scales: ties and short layers.
+    rng = np.random.default_rng(seed)
+    scores = {name: rng.integers(0, 4, size=shape).astype(np.float32) * np.float32(10.0 ** rng.integers(-3, 3))
+              for name, shape in shapes.items()}
+    tiebreak = {name: rng.integers(0, 3, size=shape).astype(np.float32) for name, shape in shapes.items()} \
+        if with_tiebreak else None
+    names, sizes = list(scores), [s.size for s in scores.values()]
+    budget = round(sum(sizes) * (1 - sparsity))
+    floors = [allocation.keep_count(size, 1 - min_density) for size in sizes]
+    if budget < len(names) or sum(floors) > budget:
+        return
+    masks = allocation.Global(min_density=min_density).masks(scores, sparsity, tiebreak=tiebreak)
+    # The reference: every layer's top `floor` forced, then one top-k over all.
+    merged = np.concatenate([scores[n].ravel() for n in names])
+    order = None if tiebreak is None else np.concatenate([tiebreak[n].ravel() for n in names])
+    start = 0
+    for name, size, floor in zip(names, sizes, floors):
+        top = allocation.keep_top_k(scores[name], floor, None if tiebreak is None else tiebreak[name]).ravel()
+        merged[start:start + size][top] = np.inf
+        start += size
+    expected = np.split(allocation.keep_top_k(merged, budget, tiebreak=order), np.cumsum(sizes)[:-1])
+    for name, part in zip(names, expected):
+        np.testing.assert_array_equal(masks[name].ravel(), part)
+
+
+@FAST
 @given(layer_shapes, sparsities, st.integers(0, 2**16))
 def test_erk_densities_sum_to_the_target(shapes, sparsity, seed):
     erk = allocation.ERK()

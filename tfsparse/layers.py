@@ -304,7 +304,7 @@ class MaskedLayerMixin:
         unread = [attr for attr in self.masked_attrs if attr not in self.__dict__["_kernels_read"]]
         if unread:
             raise RuntimeError(
-                f"Layer '{self.name}' ({type(self).__mro__[2].__name__}) is masked on "
+                f"Layer '{self.name}' ({base_class(self).__name__}) is masked on "
                 f"{unread}, but its call() did not read them as `self.<attribute>`, so "
                 "the masks would not apply. Declare as prunable (get_prunable_weights) "
                 "only weights that call() reads through their attribute, or exclude "
@@ -547,9 +547,18 @@ def is_masked(layer):
     return isinstance(layer, MaskedLayerMixin)
 
 
-def base_class(masked_layer):
-    """The Keras class a masked layer extends (MaskedDense -> Dense)."""
-    return type(masked_layer).__mro__[2]
+def base_class(layer):
+    """The class a layer had before tfsparse changed it (MaskedDense ->
+    Dense; a layer that carries nested masks -> its own class)."""
+    return plain_base(type(layer))
+
+
+def plain_base(cls):
+    """`base_class` for a class."""
+    for klass in cls.__mro__:
+        if not issubclass(klass, MaskedLayerMixin) and not getattr(klass, "_tfsparse_wrapper", False):
+            return klass
+    raise TypeError(f"{cls.__name__} has no plain base class")
 
 
 def base_config(masked_layer):

@@ -30,6 +30,7 @@ import warnings
 import keras
 
 from tfsparse import layers as masked_layers
+from tfsparse import masked_tree
 
 FROZEN = "frozen (trainable=False)"
 EXCLUDED = "excluded by `exclude`"
@@ -104,9 +105,24 @@ def prune(model, layers=None, exclude=None, strict=False, inplace=False, **layer
     target_layers = _all_layers(target)
     for index in plan["selected"]:
         masked_layers.mask_layer(target_layers[index], **layer_kwargs)
+    _carry_nested_masks(target)
     target._tfsparse_coverage = plan["rows"]
     _warn_left_dense(plan["rows"])
     return target
+
+
+def _carry_nested_masks(model):
+    """Lets the model save masks that its layers' configs do not describe
+    (see `tfsparse.masked_tree`)."""
+    if type(model) not in (keras.Sequential, _functional_class()):
+        if masked_tree.needs_carrier(model):
+            masked_tree.carry_masks(model)
+        return
+    for layer in model.layers:
+        if type(layer) in (keras.Sequential, _functional_class()):
+            _carry_nested_masks(layer)
+        elif masked_tree.needs_carrier(layer):
+            masked_tree.carry_masks(layer)
 
 
 def strip(model):
@@ -382,26 +398,37 @@ def _classes_in(model):
 def _copy(model, plain=False, weights=None, keep_compile=False):
     """A new model from `model`'s config and its weights (or `weights`).
 
+    Sequential and functional models are cloned layer by layer
+    (`keras.models.clone_model`, which also clones operation nodes; Keras's
+    whole-model deserialization fails on MobileNetV3's `x + 3.0`); other
+    models (subclassed, KerasHub's functional subclasses) go through
+    `serialize_keras_object` and back.
+
     `plain`: masked classes become their bases. `keep_compile`: compile the
     copy as the model was, when its compile config can be rebuilt (a user's
     unregistered learning-rate schedule cannot): else it is left uncompiled,
     with a warning.
     """
-    config = keras.saving.serialize_keras_object(model)
-    compile_config = config.pop("compile_config", None)
-    if plain:
-        config = _plain_config(config, _masked_classes_in(model))
+    compile_config = model.get_compile_config() if model.compiled else None
     try:
         with keras.saving.custom_object_scope(_classes_in(model)), warnings.catch_warnings():
             # Keras warns about custom layers without build() (the keras.io
             # transformer block); they were built the same way before.
             warnings.filterwarnings("ignore", message="`build\\(\\)` was called on layer")
-            copy = _deserialize(config, type(model))
-    except Exception as error:  # any failure of a user's from_config
+            if type(model) in (keras.Sequential, _functional_class()):
+                copy = keras.models.clone_model(
+                    model, clone_function=_plain_clone if plain else _clone, recursive=True)
+            else:
+                config = keras.saving.serialize_keras_object(model)
+                config.pop("compile_config", None)
+                if plain:
+                    config = _plain_config(config, _masked_classes_in(model))
+                copy = _deserialize(config, type(model))
+    except Exception as error:  # any failure of a user's get_config / from_config
         raise ValueError(
             f"tfsparse could not rebuild '{model.name}' ({type(model).__name__}) from its "
-            f"config: {type(error).__name__}: {error}. Give the model (and its custom "
-            "layers) a get_config() that from_config() accepts, or, to prune, pass "
+            f"config: {type(error).__name__}: {_first_line(error)}. Give the model (and its "
+            "custom layers) a get_config() that from_config() accepts, or, to prune, pass "
             "inplace=True to mask the model itself."
         ) from error
     if not copy.built:
@@ -442,6 +469,27 @@ def _first_line(error):
     return (str(error).strip().splitlines() or [""])[0][:200]
 
 
+def _functional_class():
+    from keras.src.models.functional import Functional
+
+    return Functional
+
+
+def _clone(layer):
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _plain_clone(layer):
+    if isinstance(layer, masked_tree.MaskedTree):
+        return keras.saving.deserialize_keras_object(layer.original_config())
+    if masked_layers.is_masked(layer):
+        config = masked_layers.base_config(layer)
+        for key in ("lora_rank", "lora_alpha"):  # LoRA is folded into the stripped kernel
+            config.pop(key, None)
+        return masked_layers.base_class(layer).from_config(config)
+    return _clone(layer)
+
+
 def _deserialize(config, cls):
     """`deserialize_keras_object`, retried for a subclassed model whose
     `__init__` takes no `name`/`trainable`/`dtype` (Keras's automatic config
@@ -457,7 +505,7 @@ def _deserialize(config, cls):
 
 
 def _base_name(layer):
-    return (masked_layers.base_class(layer) if masked_layers.is_masked(layer) else type(layer)).__name__
+    return masked_layers.base_class(layer).__name__
 
 
 def _masked_classes_in(model):
@@ -476,10 +524,12 @@ def _plain_config(config, masked):
         return [_plain_config(item, masked) for item in config]
     if not isinstance(config, dict):
         return config
+    if config.get("registered_name") == masked_tree.REGISTERED_NAME:
+        return _plain_config(config["config"]["layer"], masked)
     config = {key: _plain_config(value, masked) for key, value in config.items()}
     cls = masked.get(config.get("class_name"))
     if cls is not None and isinstance(config.get("config"), dict):
-        base = cls.__mro__[2]
+        base = masked_layers.plain_base(cls)
         inner = {
             key: value for key, value in config["config"].items()
             if key not in masked_layers.MASKING_CONFIG_KEYS and key not in ("lora_rank", "lora_alpha")
