@@ -92,10 +92,8 @@ def test_bad_arguments_are_refused_before_writing(trained_pruned, tmp_path):
         export.to_tflite(trained_pruned, tmp_path / "missing" / "x.tflite")
     with pytest.raises(ValueError, match="int8_io=True needs quantization='int8'"):
         export.to_tflite(trained_pruned, target, int8_io=True)
-    a, b = keras.Input((3,)), keras.Input((3,))
-    two_inputs = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
-    with pytest.raises(ValueError, match="one input and one output"):
-        export.to_tflite(two_inputs, target)
+    with pytest.raises(ValueError, match=r"batch_size.*Received: batch_size=0"):
+        export.to_tflite(trained_pruned, target, batch_size=0)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -136,3 +134,151 @@ def test_xnnpack_policy_selects_only_1x1_stride_1_convolutions_on_feature_maps()
     x = layers.Conv2D(10, 1, name="classifier_on_1x1")(x)
     pruned = tfsparse.prune(keras.Model(inputs, x), layers=export.xnnpack_sparse_layer)
     assert [w.name for w in tfsparse.masked_weights(pruned)] == ["pointwise/kernel"]
+
+
+# Models with several inputs and outputs, token ids, subclassed and recurrent models. Tiny, so that each
+# export (two conversions and a LiteRT run) takes a second or two.
+
+layers = keras.layers
+
+
+def two_input_two_output_model():
+    """A float input and a token-id input (through an Embedding of 20 ids); a class and a regression output."""
+    features = keras.Input((4,), name="features")
+    tokens = keras.Input((6,), dtype="int32", name="tokens")
+    pooled = layers.GlobalAveragePooling1D()(layers.Embedding(20, 8)(tokens))
+    hidden = layers.Dense(16, activation="relu")(layers.Concatenate()([features, pooled]))
+    return keras.Model([features, tokens], [layers.Dense(3, name="cls")(hidden), layers.Dense(1, name="reg")(hidden)])
+
+
+def two_input_data(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((count, 4), dtype=np.float32), rng.integers(0, 20, (count, 6))
+
+
+def test_two_inputs_and_two_outputs_are_matched_by_name(tmp_path):
+    model = two_input_two_output_model()
+    report = export.to_tflite(model, tmp_path / "m.tflite")  # random inputs: ids drawn below the Embedding's 20
+    assert [(row["name"], row["dtype"], row["shape"]) for row in report.inputs] == [
+        ("features", "float32", [None, 4]), ("tokens", "int32", [None, 6])]
+    assert "tokens: ids in [0, 20)" in report.verification_inputs and report.samples == export.VERIFY_SAMPLES
+    assert set(report.outputs) == {"cls", "reg"}
+    assert report.outputs["cls"]["top1_agreement"] == 1.0 and report.outputs["reg"]["top1_agreement"] is None
+    assert report.max_abs_error == max(row["max_abs_error"] for row in report.outputs.values()) <= 1e-5
+    assert report.top1_agreement == 1.0
+    assert "output 'cls'" in str(report) and "output 'reg'" in str(report)
+
+    features, tokens = two_input_data(10, seed=1)
+    expected = model([features, tokens])
+    outputs = export.run(export.interpreter(report.path, report.interpreter_options),
+                         {"tokens": tokens, "features": features})
+    np.testing.assert_allclose(outputs["cls"], expected[0], atol=1e-5)
+    np.testing.assert_allclose(outputs["reg"], expected[1], atol=1e-5)
+
+
+def test_pruned_two_input_model_exports_sparse_kernels(tmp_path):
+    model = tfsparse.prune(two_input_two_output_model())
+    for weight in tfsparse.masked_weights(model):  # 70 % zeros
+        weight.mask.assign((np.random.default_rng(0).random(tuple(weight.mask.shape)) > 0.7).astype("float32"))
+    report = export.to_tflite(model, tmp_path / "p.tflite", verification_data=list(two_input_data(64)))
+    assert report.sparse_tensors >= 2 and report.samples == 64
+    assert report.max_abs_error <= 1e-5 and report.top1_agreement == 1.0
+
+
+def test_dict_inputs_take_data_as_a_dict_or_a_list_in_input_order(tmp_path):
+    image, meta = keras.Input((5,), name="image"), keras.Input((2,), name="meta")
+    model = keras.Model({"meta": meta, "image": image}, layers.Dense(3)(layers.Concatenate()([image, meta])))
+    rng = np.random.default_rng(0)
+    data = {"image": rng.random((32, 5)), "meta": rng.random((32, 2))}
+    by_name = export.to_tflite(model, tmp_path / "d.tflite", verification_data=data)
+    by_order = export.to_tflite(model, tmp_path / "l.tflite", verification_data=[data["image"], data["meta"]])
+    assert [row["name"] for row in by_name.inputs] == ["image", "meta"]  # model.inputs order
+    assert by_name.max_abs_error <= 1e-5 and by_name.top1_agreement == 1.0
+    assert by_order.max_abs_error == by_name.max_abs_error and by_order.samples == 32
+
+
+def test_token_ids_keep_their_dtype_through_int8_quantization(tmp_path):
+    tokens = keras.Input((12,), dtype="int32", name="tokens")
+    pooled = layers.GlobalAveragePooling1D()(layers.Embedding(50, 16)(tokens))
+    model = keras.Model(tokens, layers.Dense(4)(layers.Dense(32, activation="relu")(pooled)))
+    ids = np.random.default_rng(0).integers(0, 50, (300, 12))  # int64 ids: cast to the input's int32
+    report = export.to_tflite(model, tmp_path / "t.tflite", quantization="int8", representative_data=ids)
+    assert report.inputs[0]["dtype"] == "int32" and report.inputs[0]["quantization"] == [0.0, 0]
+    kernels = [row for row in report.tensors if len(row["shape"]) == 2]
+    assert len(kernels) == 3 and all(row["dtype"] == "int8" and row["quantized"] for row in kernels)
+    assert report.top1_agreement >= 0.97 and report.max_abs_error <= 0.01
+    logits = export.run(export.interpreter(report.path, report.interpreter_options), ids[:20])
+    assert np.mean(logits.argmax(-1) == np.argmax(model(ids[:20]), -1)) >= 0.9
+
+
+class TwoDense(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = layers.Dense(16, activation="relu")
+        self.out = layers.Dense(3)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_subclassed_model_exports_once_called(tmp_path):
+    model = TwoDense()
+    with pytest.raises(ValueError, match=r"Call it once.*input_signature.*Received: a model never called"):
+        export.to_tflite(model, tmp_path / "s.tflite")
+    model(np.zeros((2, 5), "float32"))
+    report = export.to_tflite(model, tmp_path / "s.tflite")
+    assert [(row["name"], row["dtype"], row["shape"]) for row in report.inputs] == [("input_0", "float32", [None, 5])]
+    assert report.max_abs_error <= 1e-5 and report.top1_agreement == 1.0
+    assert list(report.outputs) == ["output_0"]
+    # Never called: the signature describes the input, and one call on zeros builds the model.
+    report = export.to_tflite(TwoDense(), tmp_path / "n.tflite",
+                              input_signature=keras.InputSpec(shape=(None, 5), dtype="float32", name="x"))
+    assert report.inputs[0]["name"] == "x" and report.max_abs_error <= 1e-5
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_models_export_with_a_static_batch(cell, tmp_path):
+    if cell == "lstm":  # text: token ids -> Embedding -> LSTM
+        inputs = keras.Input((7,), dtype="int32", name="tokens")
+        model = keras.Model(inputs, layers.Dense(3)(layers.LSTM(8)(layers.Embedding(30, 4)(inputs))))
+        sample = np.random.default_rng(1).integers(0, 30, (5, 7))
+    else:  # float sequences -> GRU
+        inputs = keras.Input((7, 3), name="series")
+        model = keras.Model(inputs, layers.Dense(3)(layers.GRU(8)(inputs)))
+        sample = np.random.default_rng(1).random((5, 7, 3), dtype=np.float32)
+    report = export.to_tflite(model, tmp_path / "r.tflite")
+    assert report.batch_size == 1 and report.inputs[0]["shape"] == [1, 7] + ([] if cell == "lstm" else [3])
+    assert report.max_abs_error <= 1e-5 and report.top1_agreement == 1.0
+    assert "batch size fixed to 1" in str(report)
+    # run feeds a batch of 5 one example at a time
+    logits = export.run(export.interpreter(report.path, report.interpreter_options), sample)
+    np.testing.assert_allclose(logits, model(sample), atol=1e-5)
+    with pytest.raises(ValueError, match=r"int8.*\['(lstm|gru)'\].*unroll=True"):
+        export.to_tflite(model, tmp_path / "q.tflite", quantization="int8", representative_data=sample)
+
+
+def test_wrong_data_names_the_argument_the_input_and_what_was_received(tmp_path):
+    model = two_input_two_output_model()
+    features, tokens = two_input_data(8)
+    target = tmp_path / "x.tflite"
+    with pytest.raises(ValueError, match=r"`verification_data` for input 'tokens' must hold integer ids.*"
+                                         r"Received: an array of dtype float64 and shape \(8, 6\)"):
+        export.to_tflite(model, target, verification_data=[features, tokens + 0.5])
+    with pytest.raises(ValueError, match=r"`representative_data` for input 'features' must be a batch of shape "
+                                         r"\(N, 4\)\. Received: an array of dtype float32 and shape \(8, 5\)"):
+        export.to_tflite(model, target, representative_data=[np.zeros((8, 5), "float32"), tokens])
+    with pytest.raises(ValueError, match=r"inputs are \['features', 'tokens'\]\. Received: a dict with keys \['x'\]"):
+        export.to_tflite(model, target, verification_data={"x": features})
+    with pytest.raises(ValueError, match=r"list of 2 arrays.*Received: ndarray of shape \(8, 4\)"):
+        export.to_tflite(model, target, verification_data=features)
+    with pytest.raises(ValueError, match=r"same number of examples.*'tokens': 3"):
+        export.to_tflite(model, target, verification_data=[features, tokens[:3]])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_op_tflite_lacks_is_named_with_what_to_try(tmp_path):
+    matrices = keras.Input((3, 3))
+    model = keras.Model(matrices, layers.Dense(2)(layers.Reshape((1,))(keras.ops.det(matrices))))
+    with pytest.raises(ValueError, match=r"conversion failed at tf\.MatrixDeterminant.*allow_flex_ops=True"):
+        export.to_tflite(model, tmp_path / "det.tflite")
+    assert list(tmp_path.iterdir()) == []

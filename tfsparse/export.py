@@ -5,6 +5,20 @@ unless told otherwise) with TFLite's sparse weight encoding and the requested
 quantization, then LOADS what it produced in the LiteRT interpreter, runs
 sample inputs and compares with Keras before the file appears at `path`.
 
+Inputs and outputs are matched by name, never by tensor position: the file's
+signature takes the model's inputs under their Keras names (the `keras.Input`
+names of a functional model, the keys of a dict input) and returns its
+outputs under theirs (the output layer names, or the keys of a dict output).
+The tensor order LiteRT reports is not the model's order, so `run` and apps
+should go through the signature (`interp.get_signature_runner()`).
+
+Recurrent layers (LSTM, GRU, ... unless built with `unroll=True`) become a
+TFLite WHILE loop of builtin ops. Its loop state (a TensorList) needs a
+static batch size, so such models are exported with batch 1 by default
+(`batch_size`); `run` feeds them one example per invoke. TF 2.21's int8
+calibrator crashes the process on these loops, so `quantization="int8"` is
+refused for them before converting ("dynamic" and "float16" work).
+
 Interpreter configurations are tried in order: the default (LiteRT applies
 its XNNPACK delegate), then the builtin kernels without default delegates.
 On this project's reference machine (TF 2.21, ai-edge-litert 2.x) sparse +
@@ -14,6 +28,7 @@ the others did not, so the app can create its interpreter the same way.
 """
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +38,13 @@ import numpy as np
 
 from tfsparse import layers as masked_layers
 from tfsparse import tflite_tensors
-from tfsparse.surgery import _all_layers, strip
+from tfsparse.surgery import strip
 
 QUANTIZATIONS = (None, "dynamic", "float16", "int8")
 VERIFY_SAMPLES = 256
+CALIBRATION_SAMPLES = 500
+#: Random verification ids for an integer input no Embedding reads are drawn in [0, SMALL_IDS).
+SMALL_IDS = 8
 
 #: (name, keyword arguments of ai_edge_litert.interpreter.Interpreter), in the order tried.
 RUNTIMES = (
@@ -47,11 +65,19 @@ class ExportReport:
         runtime: the interpreter configuration that ran the file (see
             `RUNTIMES`); `interpreter_options` are its keyword arguments.
         attempts: (configuration, error or None) for each one tried.
-        max_abs_error: largest |TFLite output - Keras output| over the
-            verification inputs (dequantized for int8 outputs).
-        top1_agreement: fraction of verification inputs whose arg-max
-            agrees (None for outputs with one value).
+        max_abs_error: largest |TFLite output - Keras output| over all
+            outputs and verification inputs (dequantized for int8 outputs).
+        top1_agreement: fraction of verification inputs whose arg-max over
+            the last axis agrees; with several such outputs the lowest of
+            them. None when no output has a class axis.
         samples: number of verification inputs.
+        inputs: the file's signature inputs, in the model's order: dicts
+            with name, shape (None for the free batch axis and unknown
+            sizes), dtype and quantization (scale, zero point).
+        outputs: per output name: max_abs_error and top1_agreement.
+        batch_size: the batch size fixed in the file (`run` feeds it in
+            chunks of that size), or None for any batch.
+        verification_inputs: where the verification inputs came from.
         tensors: per-constant-tensor rows from the flatbuffer
             (`tfsparse.tflite_tensors.tensor_rows`).
     """
@@ -67,6 +93,10 @@ class ExportReport:
     max_abs_error: float
     top1_agreement: float
     samples: int
+    inputs: list
+    outputs: dict
+    batch_size: int
+    verification_inputs: str
     tensors: list = field(repr=False)
 
     @property
@@ -85,6 +115,8 @@ class ExportReport:
             "attempts": [{"runtime": name, "error": error} for name, error in self.attempts],
             "max_abs_error": self.max_abs_error, "top1_agreement": self.top1_agreement,
             "samples": self.samples, "sparse_tensors": self.sparse_tensors,
+            "inputs": self.inputs, "outputs": self.outputs, "batch_size": self.batch_size,
+            "verification_inputs": self.verification_inputs,
         }
 
     def __str__(self):
@@ -92,14 +124,40 @@ class ExportReport:
             f"wrote {self.path}: {self.size_bytes:,} bytes = {self.size_ratio:.3f} x the dense float32 file "
             f"({self.dense_float_size_bytes:,} bytes); quantization {self.quantization}, "
             f"{self.sparse_tensors} sparse-encoded tensors",
-            f"verified in LiteRT on {self.samples} inputs: max |tflite - keras| = {self.max_abs_error:.3g}"
-            + ("" if self.top1_agreement is None else f", top-1 agreement {self.top1_agreement:.2%}"),
-            f"runs with: {self.runtime}",
+            f"verified in LiteRT on {self.samples} inputs ({self.verification_inputs}): "
+            + _agreement(self.max_abs_error, self.top1_agreement),
         ]
+        if len(self.outputs) > 1:
+            lines += [f"  output '{name}': {_agreement(**row)}" for name, row in self.outputs.items()]
+        lines.append("inputs: " + ", ".join(
+            f"{row['name']} {row['dtype']} ({', '.join('N' if d is None else str(d) for d in row['shape'])})"
+            for row in self.inputs))
+        if self.batch_size is not None:
+            lines.append(f"batch size fixed to {self.batch_size} in the file: "
+                         f"feed {self.batch_size} example(s) per invoke")
+        lines.append(f"runs with: {self.runtime}")
         for name, error in self.attempts:
             if error is not None:
                 lines.append(f"does not run with: {name} ({error})")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Input:
+    """One model input: its signature name, shape after the batch axis, dtype.
+
+    `tensor` is the functional model's `keras.Input` tensor (None for other
+    models); it tells which layers read the input.
+    """
+
+    name: str
+    shape: tuple
+    dtype: str
+    tensor: object = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_integer(self):
+        return self.dtype.startswith(("int", "uint"))
 
 
 def to_tflite(
@@ -111,28 +169,48 @@ def to_tflite(
     int8_io=False,
     allow_flex_ops=False,
     verification_data=None,
+    input_signature=None,
+    batch_size=None,
 ):
     """Converts `model` to a verified .tflite file at `path`.
 
     Args:
-        model: a Keras model, masked (it is stripped first) or plain; one
-            input and one output.
+        model: a Keras model, masked (it is stripped first) or plain:
+            functional (any number of inputs and outputs, list or dict
+            inputs), Sequential, or subclassed (called at least once, or
+            described by `input_signature`).
         path: the file to write. Its directory must exist. The file is
             written only after the verification passed.
         quantization: `None` (float32), `"dynamic"` (int8 weights, float
             activations), `"float16"` (float16 weights) or `"int8"` (full
             integer; needs `representative_data`).
-        representative_data: input examples (an array with the model's input
-            shape after the batch axis) for int8 calibration; also the
-            default verification inputs.
+        representative_data: input examples for int8 calibration; also the
+            default verification inputs. For one input an array (N, *input
+            shape); for several a list or tuple of arrays in `model.inputs`
+            order, or a dict keyed by input name (as `ExportReport.inputs`
+            lists them). Integer inputs (token ids) keep their dtype.
         sparse: store kernels with TFLite's sparse encoding
             (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`; applies to tensors
             with at least about 30 % zeros).
-        int8_io: with `"int8"`: int8 inputs and outputs instead of float.
+        int8_io: with `"int8"`: int8 float-valued inputs and outputs instead
+            of float (integer inputs such as token ids stay as they are).
         allow_flex_ops: allow TensorFlow (Flex) ops; the app then needs the
             Flex delegate. Off by default: builtin ops only.
-        verification_data: inputs to compare TFLite with Keras on; default:
-            up to 256 of `representative_data`, else random inputs in [0, 1).
+        verification_data: inputs to compare TFLite with Keras on, in the
+            forms `representative_data` takes; default: up to 256 of
+            `representative_data`, else random inputs: floats in [0, 1),
+            integer inputs ids in [0, input_dim) of the Embedding that reads
+            them (else in [0, SMALL_IDS)); the report says which.
+        input_signature: the model's input (a `keras.InputSpec`,
+            `tf.TensorSpec` or `keras.Input` with the batch axis first), or
+            a list or dict of them as the model's `call` takes them. Needed
+            for a subclassed model never called; for a called one Keras
+            records the shapes but not the dtypes, so its inputs are floats
+            unless this says otherwise. Names: the dict keys, else the specs'
+            names, else input_0, input_1, ...
+        batch_size: the batch size fixed in the file; None: any batch, or 1
+            for models with recurrent layers that are not unrolled (their
+            TFLite loop needs a static batch).
 
     Returns:
         An `ExportReport` (`print` it for a summary).
@@ -148,33 +226,35 @@ def to_tflite(
     import tensorflow as tf
 
     path = Path(path)
-    _check_arguments(model, path, quantization, representative_data, int8_io)
+    _check_arguments(model, path, quantization, representative_data, int8_io, batch_size)
+    loops = _recurrent_loops(model)
     plain = strip(model) if _is_masked(model) else model
-    input_shape = tuple(plain.inputs[0].shape[1:])
-    representative = None if representative_data is None else _as_inputs(
-        representative_data, input_shape, "representative_data")
-    if verification_data is not None:
-        samples = _as_inputs(verification_data, input_shape, "verification_data")
-    elif representative is not None:
-        samples = representative[:VERIFY_SAMPLES]
-    else:
-        samples = np.random.default_rng(0).random((VERIFY_SAMPLES, *input_shape), dtype=np.float32)
+    structure = _model_inputs(plain, input_signature)
+    inputs = keras.tree.flatten(structure)
+    _build(plain, structure)
+    batch_size = batch_size if batch_size is not None or not loops else 1
+    representative = None if representative_data is None else _as_input_arrays(
+        representative_data, inputs, "representative_data")
+    samples, source = _verification_inputs(plain, inputs, verification_data, representative)
 
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, "saved_model")
-        plain.export(saved, verbose=False)
-        content = _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops)
-        dense_size = len(_convert(tf, saved, None, None, False, False, allow_flex_ops))
-    expected = keras.ops.convert_to_numpy(plain(samples, training=False))
+        _save(tf, plain, structure, batch_size, saved)
+        content = _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops, batch_size)
+        dense_size = len(_convert(tf, saved, None, None, False, False, allow_flex_ops, batch_size))
+    expected = _keras_outputs(plain, structure, samples)
     runtime, options, attempts, outputs = _run_first_working(content, samples)
-    differences = np.abs(outputs.astype(np.float64) - expected)
-    top1 = None if expected.shape[-1] == 1 else float(np.mean(outputs.argmax(-1) == expected.argmax(-1)))
+    rows = _compare(expected, outputs)
+    top1 = [row["top1_agreement"] for row in rows.values() if row["top1_agreement"] is not None]
     _write_atomically(path, content)
     return ExportReport(
         path=path, size_bytes=len(content), dense_float_size_bytes=dense_size,
         quantization=quantization or "none (float32)", sparse=sparse, runtime=runtime,
-        interpreter_options=options, attempts=attempts, max_abs_error=float(differences.max()),
-        top1_agreement=top1, samples=len(samples), tensors=tflite_tensors.tensor_rows(path),
+        interpreter_options=options, attempts=attempts,
+        max_abs_error=max(row["max_abs_error"] for row in rows.values()),
+        top1_agreement=min(top1) if top1 else None, samples=len(next(iter(samples.values()))),
+        inputs=_signature_inputs(interpreter(content, options), inputs), outputs=rows,
+        batch_size=batch_size, verification_inputs=source, tensors=tflite_tensors.tensor_rows(path),
     )
 
 
@@ -215,35 +295,80 @@ def interpreter(path_or_content, options=None, num_threads=None):
 
 
 def run(interp, inputs):
-    """Runs a batch through a one-input, one-output interpreter (float in and out).
+    """Runs a batch through the interpreter of a file `to_tflite` wrote.
 
-    Quantized (int8) inputs and outputs are converted with the tensors'
-    scale and zero point.
+    Args:
+        interp: from `interpreter(...)`.
+        inputs: an array (files with one input), or a dict of arrays keyed
+            by the signature's input names (`ExportReport.inputs`).
+
+    Returns:
+        An array for files with one output, else a dict of arrays keyed by
+        output name. Float values: int8 inputs and outputs are converted
+        with the tensors' scale and zero point; integer inputs (token ids)
+        are passed as they are. A file with a fixed batch size is run in
+        chunks of that size.
     """
-    input_detail = interp.get_input_details()[0]
-    interp.resize_tensor_input(input_detail["index"], [len(inputs), *input_detail["shape"][1:]])
-    interp.allocate_tensors()
-    input_detail = interp.get_input_details()[0]
-    values = np.asarray(inputs, dtype=np.float32)
-    if input_detail["dtype"] != np.float32:
-        scale, zero = input_detail["quantization"]
-        info = np.iinfo(input_detail["dtype"])
+    outputs = _run_signature(interp, inputs)
+    return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+
+def _run_signature(interp, inputs):
+    if not interp.get_signature_list():
+        raise ValueError("run needs a .tflite file with a signature (files written by to_tflite have one).")
+    runner = interp.get_signature_runner()
+    details = runner.get_input_details()
+    if not isinstance(inputs, dict):
+        if len(details) != 1:
+            raise ValueError(f"This file has inputs {sorted(details)}: pass a dict keyed by these names. "
+                             f"Received: {_describe(inputs)}")
+        inputs = {next(iter(details)): inputs}
+    if set(inputs) != set(details):
+        raise ValueError(f"This file's inputs are {sorted(details)}. Received: a dict with keys {sorted(inputs)}")
+    values = {name: _to_tensor_values(name, np.asarray(inputs[name]), details[name]) for name in details}
+    count = len(next(iter(values.values())))
+    fixed = {int(detail["shape_signature"][0]) for detail in details.values()} - {-1}
+    chunk = fixed.pop() if fixed else count
+    results = []
+    for start in range(0, count, chunk):
+        batch = {name: _padded(value[start:start + chunk], chunk) for name, value in values.items()}
+        results.append(runner(**batch))
+    output_details = runner.get_output_details()
+    return {
+        name: _from_tensor_values(np.concatenate([result[name] for result in results])[:count], output_details[name])
+        for name in output_details
+    }
+
+
+def _to_tensor_values(name, values, detail):
+    expected = [int(d) for d in detail["shape_signature"][1:]]
+    if values.ndim != len(expected) + 1 or any(e not in (-1, v) for e, v in zip(expected, values.shape[1:])):
+        shape = ", ".join("?" if d == -1 else str(d) for d in expected)
+        raise ValueError(f"Input '{name}' of this file takes a batch of shape (N, {shape}). "
+                         f"Received: an array of shape {values.shape}")
+    scale, zero = detail["quantization"]
+    if scale and values.dtype != detail["dtype"]:  # real values for a quantized input
+        info = np.iinfo(detail["dtype"])
         values = np.clip(np.round(values / scale + zero), info.min, info.max)
-    interp.set_tensor(input_detail["index"], values.astype(input_detail["dtype"]))
-    interp.invoke()
-    output_detail = interp.get_output_details()[0]
-    output = interp.get_tensor(output_detail["index"])
-    if output_detail["dtype"] != np.float32:
-        scale, zero = output_detail["quantization"]
-        output = (output.astype(np.float32) - zero) * scale
-    return output
+    return values.astype(detail["dtype"])
+
+
+def _from_tensor_values(values, detail):
+    scale, zero = detail["quantization"]
+    return (values.astype(np.float32) - zero) * scale if scale else values
+
+
+def _padded(values, size):
+    """`values` with its last example repeated up to `size` (a fixed batch)."""
+    missing = size - len(values)
+    return np.concatenate([values, np.repeat(values[-1:], missing, axis=0)]) if missing else values
 
 
 def _run_first_working(content, samples):
     attempts = []
     for name, options in RUNTIMES:
         try:
-            outputs = run(interpreter(content, options), samples)
+            outputs = _run_signature(interpreter(content, options), samples)
         except (RuntimeError, ValueError) as error:
             attempts.append((name, _first_line(error)))
             continue
@@ -255,7 +380,155 @@ def _run_first_working(content, samples):
     )
 
 
-def _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops):
+def _signature_inputs(interp, inputs):
+    details = interp.get_signature_runner().get_input_details()
+    return [{
+        "name": spec.name,
+        "shape": [None if d == -1 else int(d) for d in details[spec.name]["shape_signature"]],
+        "dtype": np.dtype(details[spec.name]["dtype"]).name,
+        "quantization": [float(details[spec.name]["quantization"][0]), int(details[spec.name]["quantization"][1])],
+    } for spec in inputs]
+
+
+def _model_inputs(model, input_signature):
+    """The model's call argument as a structure of `_Input` leaves.
+
+    Functional models know their inputs; Sequential ones once built. For a
+    subclassed model Keras records only the shapes it was first called with
+    (`_build_shapes_dict`), as its own `model.export` does.
+    """
+    if input_signature is not None:
+        structure = input_signature
+        for spec in keras.tree.flatten(structure):
+            if getattr(spec, "shape", None) is None or getattr(spec, "dtype", None) is None:
+                raise TypeError(
+                    "`input_signature` must be a keras.InputSpec, tf.TensorSpec or keras.Input with a shape "
+                    f"and a dtype, or a list or dict of them. Received: input_signature={input_signature!r}")
+    elif getattr(model, "_inputs_struct", None) is not None:
+        structure = model._inputs_struct
+    elif isinstance(model, keras.Sequential) and model.built:
+        structure = model.inputs[0]
+    else:
+        structure = _called_shapes(model)
+    leaves = keras.tree.flatten_with_path(structure)
+    inputs = [
+        _Input(
+            name=_input_name(path, spec, index),
+            shape=tuple(None if d is None else int(d) for d in tuple(spec.shape)[1:]),
+            dtype=keras.backend.standardize_dtype(spec.dtype),
+            tensor=spec if isinstance(spec, keras.KerasTensor) and input_signature is None else None,
+        )
+        for index, (path, spec) in enumerate(leaves)
+    ]
+    names = [spec.name for spec in inputs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"The model's input names must be unique to match them in LiteRT. Received: {names}")
+    return keras.tree.pack_sequence_as(structure, inputs)
+
+
+def _build(model, structure):
+    """Creates the weights of a model described by `input_signature` but
+    never called (a SavedModel can only track built models): one call on
+    zeros, which are valid ids for integer inputs."""
+    if not model.built:
+        zeros = {spec.name: np.zeros((1, *(d or 1 for d in spec.shape)), spec.dtype)
+                 for spec in keras.tree.flatten(structure)}
+        model(_packed(structure, zeros), training=False)
+
+
+def _input_name(path, spec, index):
+    keys = [str(part) for part in path if isinstance(part, str)]
+    return "_".join(keys) or getattr(spec, "name", None) or f"input_{index}"
+
+
+def _called_shapes(model):
+    shapes = getattr(model, "_build_shapes_dict", None)
+    if not model.built or not shapes:
+        raise ValueError(
+            f"to_tflite cannot tell the inputs of this {type(model).__name__}: Keras records them when a "
+            "subclassed model is first called. Call it once on a batch (model(x)), or pass "
+            "input_signature=keras.InputSpec(shape=(None, ...), dtype=...). Received: a model never called"
+        )
+    if len(shapes) != 1:
+        raise ValueError(
+            "to_tflite exports models whose call() takes one input argument (a tensor, or a list or dict of "
+            f"tensors). Received: a {type(model).__name__} called with {', '.join(shapes)}"
+        )
+    return _shape_specs(next(iter(shapes.values())))
+
+
+def _shape_specs(shapes):
+    """Recorded call shapes (nested dicts/lists of shape tuples) as InputSpecs."""
+    if isinstance(shapes, dict):
+        return {key: _shape_specs(value) for key, value in shapes.items()}
+    if all(d is None or isinstance(d, int) for d in shapes):
+        return keras.InputSpec(shape=(None, *tuple(shapes)[1:]), dtype=keras.config.floatx())
+    return [_shape_specs(value) for value in shapes]
+
+
+def _output_names(model, outputs):
+    """Signature names of the model's outputs, in `keras.tree.flatten` order:
+    the keys of dict outputs, else a functional model's output layer names,
+    else output_0, output_1, ..."""
+    paths = [path for path, _ in keras.tree.flatten_with_path(outputs)]
+    keyed = ["_".join(str(part) for part in path if isinstance(part, str)) for path in paths]
+    if all(keyed) and len(set(keyed)) == len(keyed):
+        return keyed
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) == len(paths) and len(set(names)) == len(names):
+        return names
+    return [f"output_{index}" for index in range(len(paths))]
+
+
+def _keras_outputs(model, structure, samples):
+    outputs = model(_packed(structure, samples), training=False)
+    flat = [keras.ops.convert_to_numpy(value) for value in keras.tree.flatten(outputs)]
+    return dict(zip(_output_names(model, outputs), flat))
+
+
+def _packed(structure, values):
+    """`values` (keyed by input name) in the structure the model's call takes."""
+    return keras.tree.pack_sequence_as(structure, [values[spec.name] for spec in keras.tree.flatten(structure)])
+
+
+def _save(tf, model, structure, batch_size, directory):
+    """A SavedModel whose one signature takes the inputs and returns the
+    outputs by name (Keras's own `model.export` names outputs output_0, ...
+    and cannot fix the batch size)."""
+    inputs = keras.tree.flatten(structure)
+    specs = [tf.TensorSpec((batch_size, *spec.shape), spec.dtype, name=spec.name) for spec in inputs]
+
+    def serve(*values):
+        outputs = model(keras.tree.pack_sequence_as(structure, list(values)), training=False)
+        return dict(zip(_output_names(model, outputs), keras.tree.flatten(outputs)))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=specs)
+    archive.write_out(directory, verbose=False)
+
+
+def _compare(expected, actual):
+    rows = {}
+    for name, want in expected.items():
+        got = actual[name]
+        if got.shape != want.shape:
+            raise RuntimeError(f"Output '{name}' has shape {got.shape} in LiteRT and {want.shape} in Keras; "
+                               "nothing was written.")
+        has_classes = want.ndim >= 2 and want.shape[-1] > 1
+        rows[name] = {
+            "max_abs_error": float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))),
+            "top1_agreement": float(np.mean(got.argmax(-1) == want.argmax(-1))) if has_classes else None,
+        }
+    return rows
+
+
+def _agreement(max_abs_error, top1_agreement):
+    return f"max |tflite - keras| = {max_abs_error:.3g}" + (
+        "" if top1_agreement is None else f", top-1 agreement {top1_agreement:.2%}")
+
+
+def _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops, batch_size):
     converter = tf.lite.TFLiteConverter.from_saved_model(saved)
     optimizations = []
     if sparse:
@@ -269,28 +542,53 @@ def _convert(tf, saved, quantization, representative, sparse, int8_io, allow_fle
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantization == "int8":
-        converter.representative_dataset = lambda: ([example[None]] for example in representative[:500])
+        converter.representative_dataset = lambda: _calibration_batches(representative, batch_size or 1)
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
     try:
         return converter.convert()
     except Exception as error:  # the converter raises ConverterError and others
-        hint = "" if allow_flex_ops else (
-            " If the model needs TensorFlow ops that TFLite lacks, pass allow_flex_ops=True "
-            "(the app then needs the Flex delegate)."
-        )
-        raise ValueError(f"TFLite conversion failed: {_first_line(error)}.{hint}") from error
+        raise _conversion_error(error, allow_flex_ops, batch_size) from error
 
 
-def _check_arguments(model, path, quantization, representative_data, int8_io):
+def _calibration_batches(values, size):
+    """Dicts keyed by signature input name, as the converter takes them for
+    a SavedModel signature; integer inputs keep their dtype."""
+    count = min(len(next(iter(values.values()))), CALIBRATION_SAMPLES)
+    for start in range(0, count - size + 1, size):
+        yield {name: value[start:start + size] for name, value in values.items()}
+
+
+_ERROR_MESSAGE = re.compile(r"error: (?:loc\(.*\)\): )?(.+)")
+_TF_OP = re.compile(r"'(tf\.\w+)' op")
+
+
+def _conversion_error(error, allow_flex_ops, batch_size):
+    """A ValueError naming the TensorFlow ops TFLite could not take and what to try."""
+    text = str(error)
+    messages = list(dict.fromkeys(_ERROR_MESSAGE.findall(text))) or [_first_line(error)]
+    ops = list(dict.fromkeys(_TF_OP.findall(text)))
+    if "element_shape to be static" in text and batch_size is None:
+        hint = ("These ops keep a loop's state (TensorList, e.g. a recurrent layer) and need a static batch size: "
+                "pass batch_size=1.")
+    elif ops and not allow_flex_ops:
+        hint = (f"TFLite's builtin ops do not cover {', '.join(ops)}: replace the layer that uses "
+                f"{'it' if len(ops) == 1 else 'them'}, or pass allow_flex_ops=True to keep TensorFlow (Flex) ops "
+                "(the app then needs the Flex delegate; ai-edge-litert's Python interpreter has none, so to_tflite "
+                "cannot verify such a file here).")
+    elif not allow_flex_ops:
+        hint = ("If the model needs TensorFlow ops that TFLite lacks, pass allow_flex_ops=True "
+                "(the app then needs the Flex delegate).")
+    else:
+        hint = ""
+    where = f" at {', '.join(ops)}" if ops else ""
+    return ValueError(f"TFLite conversion failed{where}: {messages[0][:300]}. {hint}".rstrip())
+
+
+def _check_arguments(model, path, quantization, representative_data, int8_io, batch_size):
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras model. Received: model={model!r}")
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(
-            "to_tflite converts and verifies models with one input and one output. Received a model "
-            f"with {len(model.inputs)} inputs and {len(model.outputs)} outputs."
-        )
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}. Received: quantization={quantization!r}")
     if quantization == "int8" and representative_data is None:
@@ -298,29 +596,123 @@ def _check_arguments(model, path, quantization, representative_data, int8_io):
             "quantization='int8' needs `representative_data` (a few hundred typical inputs) "
             "to calibrate the activation ranges. Received: representative_data=None"
         )
+    loops = _recurrent_loops(model)
+    if quantization == "int8" and loops:
+        raise ValueError(
+            f"quantization='int8' cannot calibrate the recurrent layers {loops}: TF 2.21's int8 calibrator "
+            "crashes the process on their TFLite while loop. Use quantization='dynamic' or 'float16', or build "
+            "these layers with unroll=True (fixed sequence length: the loop becomes plain ops that int8 handles). "
+            "Received: quantization='int8'"
+        )
     if int8_io and quantization != "int8":
         raise ValueError(f"int8_io=True needs quantization='int8'. Received: quantization={quantization!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"`batch_size` must be None or a positive integer. Received: batch_size={batch_size!r}")
     if path.is_dir():
         raise IsADirectoryError(f"`path` is a directory: {path}. Give a file name such as {path / 'model.tflite'}")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"The directory of `path` does not exist: {path.parent}. Received: path={path}")
 
 
-def _as_inputs(data, input_shape, name):
-    values = np.asarray(data, dtype=np.float32)
-    expected = tuple(None if d is None else int(d) for d in input_shape)
-    if values.ndim != len(expected) + 1 or any(e is not None and e != v for e, v in zip(expected, values.shape[1:])):
-        raise ValueError(
-            f"`{name}` must be a batch of model inputs of shape (N, {', '.join(map(str, expected))}). "
-            f"Received: an array of shape {values.shape}"
-        )
-    if len(values) == 0:
-        raise ValueError(f"`{name}` is empty.")
+def _recurrent_loops(model):
+    """Names of the recurrent layers that become a TFLite while loop (not unrolled)."""
+    return [layer.name for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.RNN) and not layer.unroll]
+
+
+def _as_input_arrays(data, inputs, argument):
+    """`data` (array, list/tuple in input order, or dict by name) as arrays keyed by input name."""
+    names = [spec.name for spec in inputs]
+    if isinstance(data, dict):
+        if set(data) != set(names):
+            raise ValueError(f"`{argument}` is keyed by input name; this model's inputs are {names}. "
+                             f"Received: a dict with keys {sorted(map(str, data))}")
+        arrays = [data[name] for name in names]
+    elif len(inputs) == 1:
+        single = isinstance(data, (list, tuple)) and len(data) == 1 and np.ndim(data[0]) == len(inputs[0].shape) + 1
+        arrays = [data[0] if single else data]
+    elif isinstance(data, (list, tuple)) and len(data) == len(inputs):
+        arrays = list(data)
+    else:
+        raise ValueError(f"`{argument}` must be a list of {len(inputs)} arrays (one per input, in the order "
+                         f"{names}) or a dict keyed by those names. Received: {_describe(data)}")
+    values = {spec.name: _as_input_array(array, spec, argument) for spec, array in zip(inputs, arrays)}
+    counts = {name: len(value) for name, value in values.items()}
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"The arrays of `{argument}` must hold the same number of examples. Received: {counts}")
     return values
 
 
+def _as_input_array(data, spec, argument):
+    values = np.asarray(data)
+    label = f"`{argument}` for input '{spec.name}'"
+    received = f"Received: an array of dtype {values.dtype} and shape {values.shape}"
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{label} must be numeric ({spec.dtype}). {received}")
+    if spec.is_integer and values.dtype.kind not in "iu":
+        raise ValueError(f"{label} must hold integer ids: the input is {spec.dtype}. {received}")
+    mismatch = any(e is not None and e != v for e, v in zip(spec.shape, values.shape[1:]))
+    if values.ndim != len(spec.shape) + 1 or mismatch:
+        raise ValueError(f"{label} must be a batch of shape (N, {', '.join(map(str, spec.shape))}). {received}")
+    if len(values) == 0:
+        raise ValueError(f"{label} is empty.")
+    return values.astype(spec.dtype)
+
+
+def _verification_inputs(model, inputs, verification_data, representative):
+    if verification_data is not None:
+        return _as_input_arrays(verification_data, inputs, "verification_data"), "verification_data"
+    if representative is not None:
+        count = min(VERIFY_SAMPLES, len(next(iter(representative.values()))))
+        first = {name: value[:count] for name, value in representative.items()}
+        return first, f"the first {count} of representative_data"
+    rng = np.random.default_rng(0)
+    samples, notes = {}, []
+    for spec in inputs:
+        if None in spec.shape:
+            raise ValueError(
+                f"Input '{spec.name}' has sizes Keras does not know ({', '.join(map(str, spec.shape))}), so "
+                "to_tflite cannot make random verification inputs: pass `verification_data`. "
+                "Received: verification_data=None, representative_data=None")
+        shape = (VERIFY_SAMPLES, *spec.shape)
+        if spec.is_integer:
+            bound, why = _id_bound(model, spec)
+            samples[spec.name] = rng.integers(0, bound, shape).astype(spec.dtype)
+            notes.append(f"{spec.name}: ids in [0, {bound}) ({why})")
+        else:
+            samples[spec.name] = rng.random(shape).astype(spec.dtype)
+            notes.append(f"{spec.name}: uniform in [0, 1)")
+    return samples, "random: " + "; ".join(notes)
+
+
+def _id_bound(model, spec):
+    """Exclusive upper bound of valid random ids for an integer input.
+
+    In a functional model, the smallest input_dim of the Embeddings reading
+    the input; without a graph (subclassed), the smallest of the model's
+    Embeddings, valid for each of them; else SMALL_IDS.
+    """
+    embeddings = [layer for layer in model._flatten_layers(include_self=False)
+                  if isinstance(layer, keras.layers.Embedding)]
+    if spec.tensor is not None:
+        readers = [layer.input_dim for layer in embeddings
+                   if any(t is spec.tensor for node in layer._inbound_nodes for t in node.input_tensors)]
+        if readers:
+            return min(readers), "the input_dim of the Embedding reading it"
+    elif embeddings:
+        return min(layer.input_dim for layer in embeddings), "the smallest Embedding input_dim of the model"
+    return SMALL_IDS, "small ids: no Embedding reads this input"
+
+
+def _describe(data):
+    if isinstance(data, (list, tuple)):
+        return f"a {type(data).__name__} of {len(data)} items"
+    shape = getattr(data, "shape", None)
+    return f"{type(data).__name__}" + ("" if shape is None else f" of shape {tuple(shape)}")
+
+
 def _is_masked(model):
-    return any(masked_layers.is_masked(layer) for layer in _all_layers(model))
+    return any(masked_layers.is_masked(layer) for layer in model._flatten_layers(include_self=False))
 
 
 def _write_atomically(path, content):
