@@ -180,6 +180,87 @@ class PruningMethod(keras.callbacks.Callback):
                     variable.assign(variable * keras.ops.cast(factor, variable.dtype))
 
 
+class UpdateSteps:
+    """Which of a method's update steps fell due since its last batch hook.
+
+    Every method counts steps the same way: step n is the model after n
+    training steps (the optimizer's `iterations`), before step n + 1, and an
+    update "due at step n" acts on that model. The step is read from the
+    optimizer once per epoch and derived from the batch index in between
+    (reading a variable every batch waits for the device).
+
+    A callback sees the model only in its hooks. With `compile(...,
+    steps_per_execution=K)` Keras runs up to K steps per call and calls the
+    batch hooks once per call: `on_train_batch_begin(b)` before it, with b the
+    epoch's index of its first step, and `on_train_batch_end(b + K - 1)` after
+    it (the index of a full call, also when the epoch's last call is
+    shorter). An update due inside a call is applied at its end, the first
+    hook at or after its step: up to K - 1 steps late, never skipped, never
+    applied twice. The methods still get the step it was due at, so each
+    round keeps its schedule (sparsity, drop fraction, seed); when several
+    fall due in one call they come together, oldest first. With K = 1 every
+    due step has a hook of its own.
+
+    Which hook serves step n, with `after_batch`:
+
+    - True (DST): `on_train_batch_end` of the call that ends at n, so an
+      update due at an epoch's last step runs before its validation.
+    - False (magnitude pruning, edge-popup): `on_train_batch_begin` of the
+      call that starts at n, as tfmot prunes before a batch. Steps due inside
+      a call are served by the next call's begin hook, which sees the same
+      model, or, after the epoch's last call, by its end hook (before
+      validation); the step at the end of an epoch is left to the next
+      epoch's first call, and the one at the end of training to none, as
+      with one step per execution.
+
+    The method calls `epoch_begin` in `on_epoch_begin` and applies what
+    `at_batch_begin` / `at_batch_end` return in its batch hooks. The steps
+    before an epoch count as served when it begins: by this fit's hooks, or
+    by the run that a resumed fit continues (`BackupAndRestore` restores the
+    optimizer's counter after the methods' `on_train_begin`).
+    """
+
+    def __init__(self, method, is_due, after_batch):
+        self.method = method
+        self.is_due = is_due
+        self.after_batch = after_batch
+        self._epoch_start = 0
+        self._done = 0  # steps up to here are served
+
+    def epoch_begin(self):
+        self._epoch_start = self.method.optimizer_step()
+        # The epoch's first step is still to serve when updates come before a batch.
+        self._done = self._epoch_start if self.after_batch else self._epoch_start - 1
+
+    def at_batch_begin(self, batch):
+        """The due steps to apply in `on_train_batch_begin(batch)`, oldest first."""
+        return [] if self.after_batch else self._until(self._epoch_start + batch)
+
+    def at_batch_end(self, batch):
+        """The due steps to apply in `on_train_batch_end(batch)`, oldest first."""
+        step, epoch_may_end = self._step_after(batch)
+        if self.after_batch:
+            return self._until(step)
+        return self._until(step - 1) if epoch_may_end else []
+
+    def _step_after(self, batch):
+        """The step after the call that `on_train_batch_end(batch)` closes,
+        and whether it may be the epoch's last call."""
+        steps = self.method.params.get("steps")
+        if steps:
+            return self._epoch_start + min(batch + 1, steps), batch + 1 >= steps
+        # An epoch of unknown length may end after any call, and its last
+        # call may be shorter than the index says: read the counter.
+        if self.method.model.steps_per_execution > 1:
+            return self.method.optimizer_step(), True
+        return self._epoch_start + batch + 1, True
+
+    def _until(self, step):
+        due = [s for s in range(self._done + 1, step + 1) if self.is_due(s)]
+        self._done = max(self._done, step)
+        return due
+
+
 def check_integer(value, name, minimum=1):
     """Raises unless `value` is an int (not a bool) >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -24,6 +24,14 @@ positions included; `tfsparse.dense_gradients`) on a batch of
 `gradient_batch_size` examples drawn from `gradient_data` at each update.
 RigL's TF2 code likewise uses a separate batch for its grow gradients.
 
+Under `steps_per_execution=K` the callback sees the model only after calls
+of K steps, so a round due inside a call runs at the call's end, up to K - 1
+steps late (`tfsparse.methods.base.UpdateSteps`). It keeps the step it was
+due at: its drop fraction, t and seed are those of its schedule, and the
+rounds, their number and their sizes are those of one step per execution.
+With `update_every < K` the rounds due in one call run back to back at its
+end, with no training between them.
+
 State: the masks and the counters N live in the layers' variables (mask and
 `active_rounds`), and the step comes from the optimizer, so both `.keras`
 save/load and `BackupAndRestore` resume training where it stopped. Random
@@ -40,7 +48,7 @@ from tfsparse import allocation as allocation_lib
 from tfsparse import schedules as schedules_lib
 from tfsparse.allocation import check_finite, keep_top_k
 from tfsparse.gradients import dense_gradients
-from tfsparse.methods.base import PruningMethod, check_integer, register
+from tfsparse.methods.base import PruningMethod, UpdateSteps, check_integer, register
 
 ACTIVE_ROUNDS = "active_rounds"
 _NOT_ELIGIBLE = np.float32(-1.0)
@@ -137,7 +145,7 @@ class DynamicSparseTraining(PruningMethod):
         self.total_steps = total_steps
         self.stop_step = None
         self.history = []
-        self._epoch_start = 0
+        self.update_steps = UpdateSteps(self, self._due, after_batch=True)
         self._dataset_iterator = None
 
     def on_train_begin(self, logs=None):
@@ -162,12 +170,14 @@ class DynamicSparseTraining(PruningMethod):
             weight.state(ACTIVE_ROUNDS).assign(np.zeros(weight.shape, "float32"))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = self.optimizer_step()
+        self.update_steps.epoch_begin()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self._epoch_start + batch + 1
-        if step % self.update_every == 0 and step <= self.stop_step:
+        for step in self.update_steps.at_batch_end(batch):
             self.update_masks(step)
+
+    def _due(self, step):
+        return step % self.update_every == 0 and step <= self.stop_step
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history:
@@ -178,7 +188,7 @@ class DynamicSparseTraining(PruningMethod):
         return self.drop_fraction / 2 * (1 + math.cos(math.pi * min(step, self.stop_step) / self.stop_step))
 
     def update_masks(self, step):
-        """One drop-and-grow round in every layer at `step` (>= 1)."""
+        """One drop-and-grow round in every layer, the one due at `step` (>= 1)."""
         fraction = self.current_drop_fraction(step)
         kernels, masks = self.kernels(), self.masks()
         gradients = self._gradients(step) if self.grow == "score" else None
@@ -202,7 +212,7 @@ class DynamicSparseTraining(PruningMethod):
             grow = keep_top_k(np.where(survivors, _NOT_ELIGIBLE, score), n) & ~survivors
             new_masks[name] = survivors | grow
             grown[name] = grow & ~alive
-            record.add(alive, grow, rounds, terms)
+            record.add(alive, survivors, grow, rounds, terms)
         self.assign_masks(new_masks, reset=grown)
         self.history.append(record.summary())
 
@@ -324,10 +334,11 @@ class _RoundRecord:
 
     def __init__(self, step, fraction):
         self.step, self.fraction = step, fraction
-        self.grown = self.ever = self.size = 0
+        self.dropped = self.grown = self.ever = self.size = 0
         self.exploitation, self.exploration = [], []
 
-    def add(self, alive, grow, rounds, terms):
+    def add(self, alive, survivors, grow, rounds, terms):
+        self.dropped += int(np.count_nonzero(alive & ~survivors))
         self.grown += int(np.count_nonzero(grow & ~alive))
         self.ever += int(np.count_nonzero((rounds > 0) | grow))
         self.size += alive.size
@@ -344,6 +355,8 @@ class _RoundRecord:
         return {
             "step": self.step,
             "drop_fraction": self.fraction,
+            # As many are grown; "grown" counts those that were not active.
+            "dropped": self.dropped,
             "grown": self.grown,
             "coverage": self.ever / self.size,
             "exploitation": mean(self.exploitation),

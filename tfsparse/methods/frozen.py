@@ -41,7 +41,7 @@ import numpy as np
 
 from tfsparse import allocation as allocation_lib
 from tfsparse.mask_functions import BernoulliMask, GumbelSoftmaxMask, ScoreSGD, set_learning_rate
-from tfsparse.methods.base import PruningMethod, check_integer, register
+from tfsparse.methods.base import PruningMethod, UpdateSteps, check_integer, register
 
 
 class FrozenWeightsMethod(PruningMethod):
@@ -224,6 +224,13 @@ class EdgePopup(FrozenWeightsMethod):
         update_every: steps between top-k recomputations (1: every step,
             as the original).
         Others: `FrozenWeightsMethod` (score_learning_rate defaults to 0.1).
+
+    The top-k is recomputed before every step that is a multiple of
+    `update_every`. With `steps_per_execution=K` the callback acts only
+    between calls of K steps: a recomputation due inside a call happens at
+    its end (`tfsparse.methods.base.UpdateSteps`), and one recomputation
+    serves all those due in a call, so the masks change at most every K
+    steps (the scores still train at every step).
     """
 
     score_learning_rate = 0.1
@@ -241,7 +248,7 @@ class EdgePopup(FrozenWeightsMethod):
         self.keep_fraction = keep_fraction
         self.update_every = update_every
         self.allocation = allocation_lib.Uniform()
-        self._epoch_start = 0
+        self.update_steps = UpdateSteps(self, lambda step: step % self.update_every == 0, after_batch=False)
 
     @classmethod
     def from_cli(cls, target_sparsity, epochs, train_data, **options):
@@ -259,10 +266,14 @@ class EdgePopup(FrozenWeightsMethod):
         self.update_masks()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = self.optimizer_step()
+        self.update_steps.epoch_begin()
 
     def on_train_batch_begin(self, batch, logs=None):
-        if (self._epoch_start + batch) % self.update_every == 0:
+        if self.update_steps.at_batch_begin(batch):
+            self.update_masks()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.update_steps.at_batch_end(batch):
             self.update_masks()
 
     def update_masks(self):

@@ -2,7 +2,7 @@
 
 from tfsparse import allocation as allocation_lib
 from tfsparse import schedules as schedules_lib
-from tfsparse.methods.base import PruningMethod, register
+from tfsparse.methods.base import PruningMethod, UpdateSteps, register
 
 
 @register(
@@ -20,6 +20,14 @@ class MagnitudePruning(PruningMethod):
     so masks only shrink while the sparsity rises) and the new masks are used
     in that batch already. Newly pruned kernel entries and their optimizer
     slots are set to zero.
+
+    With `steps_per_execution=K` the callback sees the model only between
+    calls of K steps: an update due before a batch inside a call is applied
+    at the call's end (`tfsparse.methods.base.UpdateSteps`), up to K - 1
+    steps late, at its scheduled sparsity; when several fall due in one
+    call, one update at the latest one's sparsity does them all (the masks
+    only shrink). The final masks are the same as with one step per
+    execution.
 
     Args:
         target_sparsity: final sparsity in [0, 1). With no `schedule`, the
@@ -75,8 +83,7 @@ class MagnitudePruning(PruningMethod):
         self.allocation = allocation_lib.get(allocation)
         self.end_fraction = end_fraction
         self.frequency = frequency
-        self._last_step = None
-        self._epoch_start = 0
+        self.update_steps = UpdateSteps(self, self._due, after_batch=False)
 
     def on_train_begin(self, logs=None):
         if self.schedule is None:
@@ -90,19 +97,23 @@ class MagnitudePruning(PruningMethod):
                 frequency=self.frequency,
             )
         self.allocation.check_names([w.name for w in self.masked_weights])
-        self._last_step = self.optimizer_step()
 
     def on_epoch_begin(self, epoch, logs=None):
-        # One read of the optimizer's counter per epoch; per batch the step is
-        # derived from the batch index (reading a variable every batch syncs).
-        self._epoch_start = self.optimizer_step()
+        self.update_steps.epoch_begin()
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = self._epoch_start + batch + 1
-        due = [s for s in range(self._last_step + 1, step + 1) if self.schedule.should_prune(s)]
-        self._last_step = step
+        self._prune(self.update_steps.at_batch_begin(batch))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._prune(self.update_steps.at_batch_end(batch))
+
+    def _due(self, step):
+        # tfmot numbers the batch about to run from 1: after `step` steps, step + 1.
+        return self.schedule.should_prune(step + 1)
+
+    def _prune(self, due):
         if due:
-            self.update_masks(self.schedule(due[-1]))
+            self.update_masks(self.schedule(due[-1] + 1))
 
     def update_masks(self, sparsity):
         """Recomputes all masks by magnitude at `sparsity` (one update)."""
