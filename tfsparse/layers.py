@@ -313,7 +313,12 @@ class MaskedLayerMixin:
         self._checked_reads = True
 
     def quantize(self, *args, **kwargs):
-        raise NotImplementedError(
+        self._refuse_quantize()
+
+    def _refuse_quantize(self, *args, **kwargs):
+        # ValueError, not NotImplementedError: Model.quantize turns the latter
+        # into a warning and leaves the layer unquantized.
+        raise ValueError(
             f"Layer '{self.name}' is masked: Keras's quantize() would replace its "
             "kernel and bypass the mask. Strip the model first "
             "(`plain = tfsparse.strip(model)`), then call `plain.quantize(...)`: "
@@ -356,21 +361,21 @@ class MaskedLayerMixin:
         for key, variable in variables.items():
             variable.assign(store[key])
 
+    def masking_config(self):
+        """The masking arguments (`MASKING_CONFIG_KEYS`) as config values."""
+        return {
+            "with_score": self.with_score,
+            "with_scale": self.with_scale,
+            "state_names": list(self.state_names),
+            "mask_function": (
+                None
+                if self.mask_function is None
+                else keras.saving.serialize_keras_object(self.mask_function)
+            ),
+        }
+
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "with_score": self.with_score,
-                "with_scale": self.with_scale,
-                "state_names": list(self.state_names),
-                "mask_function": (
-                    None
-                    if self.mask_function is None
-                    else keras.saving.serialize_keras_object(self.mask_function)
-                ),
-            }
-        )
-        return config
+        return {**super().get_config(), **self.masking_config()}
 
 
 def _descriptor(cls, attr):
@@ -530,12 +535,18 @@ def mask_layer(layer, with_score=False, with_scale=False, state_names=(), mask_f
         raise ValueError(f"Layer '{layer.name}' is not built; build the model before pruning it.")
     layer.__class__ = masked_class(type(layer), attrs)
     layer._set_masking_options(with_score, with_scale, state_names, mask_function)
+    # Keras binds `quantize` to each instance when it is created; rebind it.
+    object.__setattr__(layer, "quantize", layer._refuse_quantize)
     locked = layer._tracker.locked
     layer._tracker.unlock()
     try:
         with contextlib.ExitStack() as scopes:  # variables get the layer's full path, as in build()
             for name in layer.path.split("/")[:-1]:
                 scopes.enter_context(keras.name_scope(name))
+            # The layer's own scope (`add_weight` reuses it for the same caller),
+            # so that variables a mask function makes directly get the layer's
+            # path too, as when a masked class builds.
+            scopes.enter_context(keras.name_scope(layer.name, caller=layer))
             layer._build_masking_weights()
     finally:
         if locked:

@@ -35,10 +35,10 @@ class MaskedTree:
         masks = []
         for index, layer in enumerate(self._flatten_layers(include_self=True)):
             if masked_layers.is_masked(layer):
-                options = {key: value for key, value in layer.get_config().items()
-                           if key in masked_layers.MASKING_CONFIG_KEYS}
-                masks.append({"index": index, "attrs": list(layer.masked_attrs), "options": options})
-        return {"layer": self.original_config(), "masks": masks}
+                masks.append({"index": index, "attrs": list(layer.masked_attrs),
+                              "options": layer.masking_config()})
+        names = [layer.name for layer in self._flatten_layers(include_self=False)]
+        return {"layer": self.original_config(), "masks": masks, "names": names}
 
     def original_config(self):
         """The serialized config of this layer as its own (unmasked) class."""
@@ -53,6 +53,7 @@ class MaskedTree:
     def from_config(cls, config):
         layer = carry_masks(keras.saving.deserialize_keras_object(config["layer"]))
         layer._pending_masks = list(config["masks"])
+        layer._saved_names = list(config.get("names", ()))
         if all(sub.built for sub in layer._flatten_layers(include_self=True)):
             layer._apply_pending_masks()
         return layer
@@ -78,6 +79,12 @@ class MaskedTree:
                 )
             if not masked_layers.is_masked(target):
                 masked_layers.mask_layer(target, **entry["options"])
+        # Sublayers built by __init__ are numbered anew on loading (dense_6
+        # for dense_1); the saved names keep reports and overrides stable.
+        inner = tree[1:]
+        if len(inner) == len(self._saved_names):
+            for sublayer, name in zip(inner, self._saved_names):
+                sublayer.name = name
         self._pending_masks = None
 
 

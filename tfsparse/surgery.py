@@ -23,11 +23,13 @@ unsupported ones, as tfmot does.
 """
 
 import collections
+import contextlib
 import fnmatch
 import inspect
 import warnings
 
 import keras
+import numpy as np
 
 from tfsparse import layers as masked_layers
 from tfsparse import masked_tree
@@ -105,10 +107,24 @@ def prune(model, layers=None, exclude=None, strict=False, inplace=False, **layer
     target_layers = _all_layers(target)
     for index in plan["selected"]:
         masked_layers.mask_layer(target_layers[index], **layer_kwargs)
+    _check_custom_layers_read_their_weights(target, [target_layers[i] for i in plan["selected"]])
     _carry_nested_masks(target)
     target._tfsparse_coverage = plan["rows"]
     _warn_left_dense(plan["rows"])
     return target
+
+
+def _check_custom_layers_read_their_weights(model, masked):
+    """Runs the model once on a zero batch when masked layers of classes
+    other than Keras's own are present: their first call checks that call()
+    reads every masked weight (else the mask would apply in name only).
+    Subclassed models without `inputs` check at their first call instead."""
+    custom = [l for l in masked if masked_layers.plain_base(type(l)) not in masked_layers.PRUNABLE_ATTRIBUTES]
+    if not custom or not getattr(model, "inputs", None):
+        return
+    zeros = keras.tree.map_structure(
+        lambda t: np.zeros([1 if d is None else d for d in t.shape], dtype=t.dtype), model._inputs_struct)
+    model(zeros, training=False)
 
 
 def _carry_nested_masks(model):
@@ -306,9 +322,12 @@ def _plan(model, layers, exclude):
                 reason = None
                 selected.append(index)
         prunable_variables = {id(_raw_variable(layer, a)) for a in attrs}
+        user_excluded = any(_matches(l, excluded) for l in chain)
         for variable in _weight_matrices(layer):
             if id(variable) in prunable_variables:
                 row_reason = reason
+            elif user_excluded:
+                row_reason = EXCLUDED
             elif attrs:
                 row_reason = f"unsupported: not a prunable weight of {type(layer).__name__}"
             else:
@@ -409,15 +428,16 @@ def _copy(model, plain=False, weights=None, keep_compile=False):
     unregistered learning-rate schedule cannot): else it is left uncompiled,
     with a warning.
     """
-    compile_config = model.get_compile_config() if model.compiled else None
+    compile_config = _compile_config(model) if keep_compile else None
     try:
         with keras.saving.custom_object_scope(_classes_in(model)), warnings.catch_warnings():
             # Keras warns about custom layers without build() (the keras.io
             # transformer block); they were built the same way before.
             warnings.filterwarnings("ignore", message="`build\\(\\)` was called on layer")
             if type(model) in (keras.Sequential, _functional_class()):
-                copy = keras.models.clone_model(
-                    model, clone_function=_plain_clone if plain else _clone, recursive=True)
+                clone = _plain_clone_function(_masked_classes_in(model)) if plain else _clone
+                with _compile_hidden(model):  # clone_model would rebuild the optimizer
+                    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
             else:
                 config = keras.saving.serialize_keras_object(model)
                 config.pop("compile_config", None)
@@ -465,6 +485,30 @@ def _copy(model, plain=False, weights=None, keep_compile=False):
     return copy
 
 
+@contextlib.contextmanager
+def _compile_hidden(model):
+    compiled = model.compiled
+    model.compiled = False
+    try:
+        yield
+    finally:
+        model.compiled = compiled
+
+
+def _compile_config(model):
+    if not model.compiled:
+        return None
+    try:
+        return model.get_compile_config()
+    except Exception as error:  # an optimizer or schedule without get_config
+        warnings.warn(
+            f"The copy of '{model.name}' is not compiled: its compile config cannot be "
+            f"serialized ({type(error).__name__}: {_first_line(error)}); compile it again before fit.",
+            stacklevel=4,
+        )
+        return None
+
+
 def _first_line(error):
     return (str(error).strip().splitlines() or [""])[0][:200]
 
@@ -479,15 +523,20 @@ def _clone(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
-def _plain_clone(layer):
-    if isinstance(layer, masked_tree.MaskedTree):
-        return keras.saving.deserialize_keras_object(layer.original_config())
-    if masked_layers.is_masked(layer):
-        config = masked_layers.base_config(layer)
-        for key in ("lora_rank", "lora_alpha"):  # LoRA is folded into the stripped kernel
-            config.pop(key, None)
-        return masked_layers.base_class(layer).from_config(config)
-    return _clone(layer)
+def _plain_clone_function(masked):
+    """A clone function for `clone_model` that gives plain layers: masked
+    classes become their bases, carriers their own class, and wrappers
+    (TimeDistributed, Bidirectional) whose config holds a masked layer get
+    it plain too."""
+
+    def clone(layer):
+        tree = layer._flatten_layers(include_self=True) if hasattr(layer, "_flatten_layers") else [layer]
+        if not any(masked_layers.is_masked(l) or isinstance(l, masked_tree.MaskedTree) for l in tree):
+            return _clone(layer)
+        config = _plain_config(keras.saving.serialize_keras_object(layer), masked)
+        return keras.saving.deserialize_keras_object(config)
+
+    return clone
 
 
 def _deserialize(config, cls):
