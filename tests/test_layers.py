@@ -177,3 +177,19 @@ def test_mixed_float16_and_jit_compile(jit_compile):
 def test_unknown_mask_function_type_is_rejected():
     with pytest.raises(TypeError, match="mask_function"):
         masked_layers.MaskedDense(3, mask_function=lambda w, training: w.mask)
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_scores_get_gradients_in_training_for_every_layer_kind(name):
+    """Keras passes `training` only to calls that declare it (Conv and
+    Embedding do not): a layer masked in place must still see it."""
+    model, x = make_case(name)
+    pruned = tfsparse.prune(model, with_score=True, mask_function=StraightThroughScores())
+    scores = [w.score for w in tfsparse.masked_weights(pruned)]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(pruned(x, training=True)))
+    gradients = tape.gradient(loss, scores)
+    assert all(g is not None and np.any(keras.ops.convert_to_numpy(g) != 0) for g in gradients), name
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(pruned(x, training=False)))
+    assert all(g is None for g in tape.gradient(loss, scores))  # inference: the plain mask

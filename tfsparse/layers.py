@@ -449,8 +449,17 @@ def masked_class(base, masked_attrs=None):
     def call(self, *args, **kwargs):
         return self._masked_call(*args, **kwargs)
 
-    # Keras passes `training` and `mask` according to the signature of call.
-    call.__signature__ = inspect.signature(base.call)
+    # Keras passes `training` and `mask` according to the signature of call:
+    # the base's, plus `training` where it has none (Embedding, EinsumDense),
+    # since the mask function needs it.
+    signature = inspect.signature(base.call)
+    if "training" not in signature.parameters:
+        parameters = list(signature.parameters.values())
+        training = inspect.Parameter("training", inspect.Parameter.KEYWORD_ONLY, default=None)
+        variadic = [i for i, p in enumerate(parameters) if p.kind is p.VAR_KEYWORD]
+        parameters.insert(variadic[0] if variadic else len(parameters), training)
+        signature = signature.replace(parameters=parameters)
+    call.__signature__ = signature
     namespace["call"] = call
     cls = type(f"Masked{base.__name__}", (MaskedLayerMixin, base), namespace)
     if base in PRUNABLE_ATTRIBUTES and masked_attrs == PRUNABLE_ATTRIBUTES[base]:
@@ -535,8 +544,10 @@ def mask_layer(layer, with_score=False, with_scale=False, state_names=(), mask_f
         raise ValueError(f"Layer '{layer.name}' is not built; build the model before pruning it.")
     layer.__class__ = masked_class(type(layer), attrs)
     layer._set_masking_options(with_score, with_scale, state_names, mask_function)
-    # Keras binds `quantize` to each instance when it is created; rebind it.
+    # Keras binds `quantize` to each instance when it is created, and reads
+    # the signature of `call` there (to pass `training`): redo both.
     object.__setattr__(layer, "quantize", layer._refuse_quantize)
+    _refresh_call_signature(layer)
     locked = layer._tracker.locked
     layer._tracker.unlock()
     try:
@@ -552,6 +563,17 @@ def mask_layer(layer, with_score=False, with_scale=False, state_names=(), mask_f
         if locked:
             layer._tracker.lock()
     return layer
+
+
+def _refresh_call_signature(layer):
+    """What `keras.layers.Layer.__init__` derives from `call`'s signature."""
+    signature = inspect.signature(layer.call)
+    names = list(signature.parameters)
+    object.__setattr__(layer, "_call_signature", signature)
+    object.__setattr__(layer, "call_signature_parameters", names)
+    object.__setattr__(layer, "_call_has_training_arg", "training" in names)
+    object.__setattr__(layer, "_call_has_mask_arg", "mask" in names)
+    object.__setattr__(layer, "_call_has_context_arg", {arg: arg in names for arg in layer._call_context_args})
 
 
 def is_masked(layer):
