@@ -153,7 +153,14 @@ def test_attention_and_recurrent_kernels_are_pruned_by_a_method_to_the_reported_
     np.testing.assert_allclose(outputs(tfsparse.strip(loaded), x[:8]), outputs(pruned, x[:8]), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# One method per family in the default run, all of them with -m slow.
+FAMILY_REPRESENTATIVES = {"magnitude-global", "rigl", "optg", "aslp"}
+
+
+@pytest.mark.parametrize("name", [
+    name if name in FAMILY_REPRESENTATIVES else pytest.param(name, marks=pytest.mark.slow)
+    for name in sorted(CASES)
+])
 def test_every_method_trains_masks_inside_attention_and_recurrent_layers(name):
     x, y = token_data(128)
     method = CASES[name](x, y)

@@ -3,6 +3,6 @@
 from tfsparse import allocation, callbacks, datasets, export, layers, mask_functions, methods, models, schedules
 from tfsparse.gradients import dense_gradients
 from tfsparse.stats import sparsity, summary
-from tfsparse.surgery import masked_weights, prune, strip
+from tfsparse.surgery import PruningCoverageWarning, coverage, masked_weights, prune, strip
 
 __version__ = "0.1.0"

@@ -107,7 +107,8 @@ def prune(model, layers=None, exclude=None, strict=False, inplace=False, **layer
     target_layers = _all_layers(target)
     for index in plan["selected"]:
         masked_layers.mask_layer(target_layers[index], **layer_kwargs)
-    _check_custom_layers_read_their_weights(target, [target_layers[i] for i in plan["selected"]])
+    if not inplace:  # in place, the model's first call checks it
+        _check_custom_layers_read_their_weights(target, [target_layers[i] for i in plan["selected"]])
     _carry_nested_masks(target)
     target._tfsparse_coverage = plan["rows"]
     _warn_left_dense(plan["rows"])

@@ -84,8 +84,9 @@ class DynamicSparseTraining(PruningMethod):
         "update_every": dict(type=int, default=100, help="steps between drop-and-grow rounds"),
         "drop_fraction": dict(type=float, default=0.3, help="initial drop fraction (cosine decay to 0)"),
         "stop_at": dict(type=float, default=0.75, help="fraction of training after which masks stay fixed"),
-        "allocation": dict(choices=["layer", "global", "erk"], default="erk",
-                           help="per-layer budget: every layer at the target, one global threshold, or ERK"),
+        "allocation": dict(choices=list(allocation_lib.NAMES), default="erk",
+                           help="per-layer budget: every layer at the target, one global threshold "
+                                "(1 %% floor per layer), one threshold over LAMP scores, or ERK"),
     }
     layer_options = {"state_names": (ACTIVE_ROUNDS,)}
 

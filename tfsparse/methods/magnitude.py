@@ -40,8 +40,9 @@ class MagnitudePruning(PruningMethod):
         schedule: a `tfsparse.schedules.Schedule` or a callable
             `step -> sparsity`; overrides the default schedule.
         allocation: `"layer"` (every layer at the schedule's sparsity, as
-            tfmot), `"global"` (one magnitude threshold across layers),
-            `"erk"`, or a `tfsparse.allocation.Allocation`.
+            tfmot), `"global"` (one magnitude threshold across layers, each
+            layer keeping at least 1 %), `"lamp"` (one threshold over LAMP
+            scores), `"erk"`, or a `tfsparse.allocation.Allocation`.
         end_fraction: fraction of the training steps over which the default
             schedule ramps up.
         frequency: steps between mask updates (default schedule, callables).
@@ -57,8 +58,9 @@ class MagnitudePruning(PruningMethod):
     """
 
     cli_options = {
-        "allocation": dict(choices=["layer", "global", "erk"], default="layer",
-                           help="per-layer budget: every layer at the target, one global threshold, or ERK"),
+        "allocation": dict(choices=list(allocation_lib.NAMES), default="layer",
+                           help="per-layer budget: every layer at the target, one global threshold "
+                                "(1 %% floor per layer), one threshold over LAMP scores, or ERK"),
         "frequency": dict(type=int, default=100, help="steps between mask updates"),
         "end_fraction": dict(type=float, default=0.7, help="fraction of training over which sparsity ramps up"),
     }
