@@ -45,6 +45,8 @@ def test_run_writes_model_report_and_plots_then_refuses_to_overwrite(tmp_path, c
     result = json.loads((out / "report.json").read_text())
     assert result["metrics"]["sparsity"] == pytest.approx(0.8, abs=1e-3)
     assert result["settings"]["method.allocation"] == "global"
+    assert result["settings"]["method"] == "magnitude"  # the name, not the callback's repr
+    assert (out / "report.md").read_text().startswith("# tfsparse run: magnitude on lenet_300_100 / mnist")
     assert "SUBSET" in result["data_source"] and "test accuracy" in stdout
     assert (out / "training.png").read_bytes()[:4] == b"\x89PNG"
 

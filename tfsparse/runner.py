@@ -72,10 +72,10 @@ def _train_and_evaluate(
     (x_train, y_train), (x_val, y_val) = data.validation_split(validation_fraction, seed=seed)
     keras.utils.set_random_seed(seed)
     model = models.get(model_name, data.input_shape, data.num_classes)
-    method = None
+    callback = None
     if method_class is not None:
-        method = method_class.from_cli(sparsity, epochs, (x_train, y_train), **method_options)
-        model = prune(model, **method.layer_options)
+        callback = method_class.from_cli(sparsity, epochs, (x_train, y_train), **method_options)
+        model = prune(model, **callback.layer_options)
 
     def train(model, method_callbacks):
         model.compile(
@@ -99,11 +99,11 @@ def _train_and_evaluate(
         return test_metrics(new_model)[1]
 
     started = time.perf_counter()
-    history = train(model, [method] if method else [])
+    history = train(model, [callback] if callback else [])
     train_seconds = time.perf_counter() - started
     stripped, metrics = test_metrics(model)
     stripped.save(directory / "model.keras")
-    extra = method.finish(model, directory, retrain, lambda m: test_metrics(m)[1]) if method else {}
+    extra = callback.finish(model, directory, retrain, lambda m: test_metrics(m)[1]) if callback else {}
     summary = stats.summary(stripped, print_fn=print if verbose else None)
     exported = {}
     if export is not False:
