@@ -19,7 +19,9 @@ def main(argv=None):
         os.environ["TFSPARSE_OFFLINE"] = "1"
     try:
         return args.handler(args, parser) or 0
-    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError, TypeError) as error:
+    # Errors about the user's input; anything else (a TypeError, say) is a bug
+    # and keeps its traceback.
+    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError) as error:
         print(f"tfsparse: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
