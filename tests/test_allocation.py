@@ -186,8 +186,8 @@ def test_lamp_keeps_a_similar_share_of_every_scale_where_global_does_not():
 
 def test_lamp_masks_do_not_depend_on_the_scale_of_a_layer():
     rng = np.random.default_rng(3)
-    s = {"a/kernel": rng.normal(size=(100, 50)), "b/kernel": rng.normal(size=(3, 3, 8, 16)),
-         "c/kernel": rng.normal(size=(50, 10))}
+    s = {"a/kernel": np.abs(rng.normal(size=(100, 50))), "b/kernel": np.abs(rng.normal(size=(3, 3, 8, 16))),
+         "c/kernel": np.abs(rng.normal(size=(50, 10)))}
     scaled = {"a/kernel": s["a/kernel"] * 2.0 ** -10, "b/kernel": s["b/kernel"] * 2.0 ** 7, "c/kernel": s["c/kernel"]}
     for sparsity in (0.5, 0.9, 0.98):
         masks, rescaled = allocation.LAMP().masks(s, sparsity), allocation.LAMP().masks(scaled, sparsity)
@@ -197,13 +197,23 @@ def test_lamp_masks_do_not_depend_on_the_scale_of_a_layer():
 
 def test_lamp_is_global_on_lamp_scores():
     rng = np.random.default_rng(2)
-    s = {"a/kernel": rng.normal(size=(60, 30)), "b/kernel": rng.normal(size=(3, 3, 8, 16)) * 5,
-         "c/kernel": rng.normal(size=(400, 10)) * 0.01}
+    s = {"a/kernel": np.abs(rng.normal(size=(60, 30))), "b/kernel": np.abs(rng.normal(size=(3, 3, 8, 16))) * 5,
+         "c/kernel": np.abs(rng.normal(size=(400, 10))) * 0.01}
     for sparsity, kwargs in ((0.5, {}), (0.9, {}), (0.99, {"min_density": 0.005}), (0.9, {"overrides": {"b": 0.5}})):
         expected = allocation.Global(**kwargs).masks({n: allocation.lamp_scores(v) for n, v in s.items()}, sparsity)
         masks = allocation.LAMP(**kwargs).masks(s, sparsity)
         for name in s:
             np.testing.assert_array_equal(masks[name], expected[name])
+
+
+def test_lamp_never_revives_pruned_weights():
+    """magnitude_scores marks pruned weights -1: they rank below every live weight."""
+    s = {"x/kernel": np.array([-1.0, -1.0, -1.0, 0.1, 0.2, 0.3, 0.4, 0.5]),
+         "y/kernel": np.array([-1.0, 0.3, 0.2, 0.1, 0.5, 0.6, 0.7, 0.8])}
+    masks = allocation.LAMP(min_density=0).masks(s, 0.5)
+    for name, mask in masks.items():
+        assert not mask[s[name] < 0].any(), name
+    assert sum(m.sum() for m in masks.values()) == 8
 
 
 def test_lamp_counts_stay_exact_with_ties():

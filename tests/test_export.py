@@ -31,7 +31,8 @@ def test_float_sparse_export_matches_keras_and_shrinks(trained_pruned, mnist_sub
     assert report.top1_agreement == 1.0 and report.samples == len(mnist_subset.x_test)
     assert report.size_ratio <= 0.16
     assert report.sparse_tensors == 3  # the three kernels
-    assert report.runtime == export.RUNTIMES[0][0] and report.attempts == [(report.runtime, None)]
+    assert report.runtime == export.RUNTIMES[0][0]
+    assert report.attempts == [(name, None) for name, _ in export.RUNTIMES]  # every configuration verified
     assert "sparse-encoded" in str(report) and "runs with" in str(report)
 
 
@@ -44,15 +45,52 @@ def test_int8_export_runs_where_it_can_and_says_where(trained_pruned, mnist_subs
     assert report.top1_agreement >= 0.97
     kernels = [row for row in report.tensors if len(row["shape"]) == 2]
     assert all(row["quantized"] and row["dtype"] == "int8" for row in kernels)
-    # Every configuration before the one that ran failed, and the failures are reported.
+    # Every configuration is tried; those before the chosen one failed, and why is reported.
     names = [name for name, _ in export.RUNTIMES]
-    assert [name for name, _ in report.attempts] == names[: names.index(report.runtime) + 1]
-    assert all(error for _, error in report.attempts[:-1]) and report.attempts[-1][1] is None
+    chosen = names.index(report.runtime)
+    assert [name for name, _ in report.attempts] == names
+    assert all(error for _, error in report.attempts[:chosen]) and report.attempts[chosen][1] is None
     # The file runs in the configuration the report names.
     interp = export.interpreter(report.path, report.interpreter_options)
     logits = export.run(interp, mnist_subset.x_test[:50])
     expected = tfsparse.strip(trained_pruned)(mnist_subset.x_test[:50])
     assert np.mean(logits.argmax(-1) == np.argmax(expected, -1)) >= 0.94
+
+
+def test_a_configuration_that_computes_garbage_is_not_chosen_and_nan_everywhere_writes_nothing(
+        trained_pruned, tmp_path, monkeypatch):
+    real = export._run_signature
+
+    def garbage_under_the_default(interp, samples):
+        outputs = real(interp, samples)
+        if interp._tfsparse_options == {}:  # the default (XNNPACK) configuration
+            return {name: value + 50.0 for name, value in outputs.items()}
+        return outputs
+
+    real_interpreter = export.interpreter
+
+    def tagged(content, options=None, num_threads=None):
+        interp = real_interpreter(content, options, num_threads)
+        interp._tfsparse_options = dict(options or {})
+        return interp
+
+    monkeypatch.setattr(export, "interpreter", tagged)
+    monkeypatch.setattr(export, "_run_signature", garbage_under_the_default)
+    report = export.to_tflite(trained_pruned, tmp_path / "g.tflite")
+    assert report.runtime == "builtin kernels, no default delegates" and report.max_abs_error < 1e-4
+    assert "wrong outputs" in dict(report.attempts)["default (XNNPACK delegate)"]
+
+    monkeypatch.setattr(export, "_run_signature", lambda interp, samples: {
+        name: value * np.nan for name, value in real(interp, samples).items()})
+    with pytest.raises(RuntimeError, match="runs in no LiteRT configuration.*NaN"):
+        export.to_tflite(trained_pruned, tmp_path / "n.tflite", quantization="float16")
+    assert not (tmp_path / "n.tflite").exists()
+
+    monkeypatch.setattr(export, "_run_signature", lambda interp, samples: {
+        name: value + 1.0 for name, value in real(interp, samples).items()})
+    with pytest.raises(RuntimeError, match="float32 model differs from the Keras model"):
+        export.to_tflite(trained_pruned, tmp_path / "w.tflite")
+    assert not (tmp_path / "w.tflite").exists()
 
 
 def test_fallback_when_the_default_delegate_fails(trained_pruned, tmp_path, monkeypatch):

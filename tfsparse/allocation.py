@@ -18,7 +18,16 @@ empty a whole layer and disconnect the network.
 Overrides: `overrides={"dense_2": 0.5}` fixes a layer's sparsity (key: a
 layer name, or a weight name such as `"sep/pointwise_kernel"`), and
 `keep_dense=["dense_3"]` is the same as an override of 0.
+
+Granularity (`granularity=`): what a mask keeps or drops as one unit.
+Single weights (the default), `Block((4, 1))` (whole blocks along the
+kernel's input axis, LiteRT's sparse FULLY_CONNECTED layout) or `NM(2, 4)`
+(N kept out of every M consecutive inputs, the 2:4 of sparse tensor cores).
+See `Block` and `NM`; `get_granularity` parses the names the CLI takes.
 """
+
+import copy
+import re
 
 import numpy as np
 
@@ -90,9 +99,18 @@ def check_finite(scores, what="pruning scores"):
 
 
 class Allocation:
-    """Base class. Subclasses implement `masks(scores, sparsity)`."""
+    """Base class. Subclasses implement `allocate(scores, sparsity, tiebreak, shapes)`.
 
-    def __init__(self, overrides=None, keep_dense=()):
+    Args:
+        overrides, keep_dense: see the module docstring.
+        granularity: `None` or `"weight"` (single weights), a `Block`, an
+            `NM`, or a name `get_granularity` parses (`"block4x1"`,
+            `"block16x1-max"`, `"2:4"`). `masks` applies it around
+            `allocate`: blocks are pooled, allocated and expanded back; N:M
+            replaces the allocation by its per-group rule.
+    """
+
+    def __init__(self, overrides=None, keep_dense=(), granularity=None):
         overrides = dict(overrides or {})
         for name, value in overrides.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -102,6 +120,15 @@ class Allocation:
         for name in keep_dense:
             overrides[name] = 0.0
         self.overrides = overrides
+        self.set_granularity(granularity)
+
+    def set_granularity(self, granularity):
+        """Sets the granularity (see `get_granularity`); raises if an
+        override is out of its reach."""
+        granularity = get_granularity(granularity)
+        for name, value in self.overrides.items():
+            granularity.check_sparsity(value, "overrides", f"overrides={{{name!r}: {value!r}}}")
+        self.granularity = granularity
 
     def fixed_sparsity(self, weight_name):
         """The override for a weight (by weight or layer name), or None."""
@@ -124,7 +151,15 @@ class Allocation:
 
         `tiebreak` (dict name -> array, optional) ranks equal scores at the
         threshold, larger first; without it ties go to the first positions.
+        The masks follow `self.granularity`.
         """
+        return self.granularity.masks(self, scores, sparsity, tiebreak)
+
+    def allocate(self, scores, sparsity, tiebreak=None, shapes=None):
+        """Keep-masks for `scores`, one entry per unit (a weight, or a block
+        when `masks` hands in pooled block scores). `shapes` (dict name ->
+        shape of the weight) is given when the scores are not the weights'
+        own shape; only shape-based allocations (ERK) use it."""
         raise NotImplementedError
 
     def _split(self, scores, tiebreak):
@@ -136,7 +171,7 @@ class Allocation:
         return fixed, free, masks
 
     def get_config(self):
-        return {"overrides": dict(self.overrides)}
+        return {"overrides": dict(self.overrides), "granularity": self.granularity.name}
 
 
 class Uniform(Allocation):
@@ -145,7 +180,7 @@ class Uniform(Allocation):
     Layers kept dense by an override lower the overall sparsity.
     """
 
-    def masks(self, scores, sparsity, tiebreak=None):
+    def allocate(self, scores, sparsity, tiebreak=None, shapes=None):
         _, free, masks = self._split(scores, tiebreak)
         for name in free:
             masks[name] = _keep(scores, tiebreak, name, keep_count(np.size(scores[name]), sparsity))
@@ -186,8 +221,8 @@ class Global(Allocation):
     #: The default floor: 1% of each layer (capped at half the free density).
     DEFAULT_MIN_DENSITY = 0.01
 
-    def __init__(self, overrides=None, keep_dense=(), min_density=None):
-        super().__init__(overrides, keep_dense)
+    def __init__(self, overrides=None, keep_dense=(), min_density=None, granularity=None):
+        super().__init__(overrides, keep_dense, granularity)
         if min_density is not None and (
             isinstance(min_density, bool)
             or not isinstance(min_density, (int, float, np.floating, np.integer))
@@ -217,7 +252,7 @@ class Global(Allocation):
             )
         return counts
 
-    def masks(self, scores, sparsity, tiebreak=None):
+    def allocate(self, scores, sparsity, tiebreak=None, shapes=None):
         fixed, free, masks = self._split(scores, tiebreak)
         total = sum(np.size(v) for v in scores.values())
         budget = round(total * (1.0 - sparsity)) - sum(int(m.sum()) for m in masks.values())
@@ -305,7 +340,7 @@ class LAMP(Global):
     threshold no longer favours the layers of large weights, and a layer
     keeps a share that depends on the shape of its distribution, not on its
     scale. Made for magnitude scores (the scores given are squared, as the
-    paper squares the weights). Same `min_density` floor, overrides and
+    paper squares the weights; negative scores, pruned weights, rank last). Same `min_density` floor, overrides and
     exact total as `Global`.
 
     Within a layer LAMP ranks as the |scores| do, so `Global` only has to
@@ -317,15 +352,17 @@ class LAMP(Global):
     layers at the threshold go to the first layers.
     """
 
-    def masks(self, scores, sparsity, tiebreak=None):
+    def allocate(self, scores, sparsity, tiebreak=None, shapes=None):
         check_finite(scores)
-        magnitudes = {name: np.abs(values) for name, values in scores.items()}
         ranked = {}
-        for name, values in magnitudes.items():
-            squares = np.sort(values, axis=None).astype(np.float64)
+        for name, values in scores.items():
+            # Scores are importances: a negative one marks a pruned weight
+            # (magnitude_scores gives them -1) and must rank below every
+            # live weight, not square into a large one.
+            squares = np.sort(np.maximum(values, 0), axis=None).astype(np.float64)
             ranked[name] = _lamp_of_sorted(np.square(squares, out=squares))
-        counts = {name: int(mask.sum()) for name, mask in super().masks(ranked, sparsity).items()}
-        return {name: _keep(magnitudes, tiebreak, name, counts[name]) for name in scores}
+        counts = {name: int(mask.sum()) for name, mask in super().allocate(ranked, sparsity).items()}
+        return {name: _keep(scores, tiebreak, name, counts[name]) for name in scores}
 
 
 class ERK(Allocation):
@@ -337,8 +374,8 @@ class ERK(Allocation):
     dense and the factor is solved again.
     """
 
-    def __init__(self, overrides=None, keep_dense=(), power_scale=1.0):
-        super().__init__(overrides, keep_dense)
+    def __init__(self, overrides=None, keep_dense=(), power_scale=1.0, granularity=None):
+        super().__init__(overrides, keep_dense, granularity)
         self.power_scale = float(power_scale)
 
     def densities(self, shapes, sparsity):
@@ -372,9 +409,11 @@ class ERK(Allocation):
             densities[n] = 1.0 if n in dense else factor * raw[n]
         return densities
 
-    def masks(self, scores, sparsity, tiebreak=None):
+    def allocate(self, scores, sparsity, tiebreak=None, shapes=None):
         _, free, masks = self._split(scores, tiebreak)
-        densities = self.densities({n: np.shape(v) for n, v in scores.items()}, sparsity)
+        # The densities come from the weights' shapes, also when the scores
+        # are per block: the ERK formula is about the layer, not the blocks.
+        densities = self.densities(shapes or {n: np.shape(v) for n, v in scores.items()}, sparsity)
         for name in free:
             masks[name] = _keep(scores, tiebreak, name, keep_count(np.size(scores[name]), 1.0 - densities[name]))
         return masks
@@ -389,13 +428,335 @@ _BY_NAME = {"layer": Uniform, "uniform": Uniform, "global": Global, "lamp": LAMP
 NAMES = ("layer", "global", "lamp", "erk")
 
 
-def get(allocation):
-    """An Allocation from an instance or a name: "layer", "global", "lamp", "erk"."""
+def get(allocation, granularity=None):
+    """An Allocation from an instance or a name: "layer", "global", "lamp", "erk".
+
+    `granularity` (see `get_granularity`) is given to an allocation made
+    from a name; an instance given with a granularity is copied with it
+    (the instance itself is left as it is), unless it already has another
+    one, which is an error.
+    """
     if isinstance(allocation, Allocation):
-        return allocation
+        if granularity is None:
+            return allocation
+        wanted = get_granularity(granularity)
+        if allocation.granularity.name not in ("weight", wanted.name):
+            raise ValueError(
+                f"The allocation already has granularity {allocation.granularity.name!r}; "
+                f"give `granularity` in one place. Received: granularity={granularity!r}"
+            )
+        copied = copy.copy(allocation)
+        copied.set_granularity(wanted)
+        return copied
     if isinstance(allocation, str) and allocation.lower() in _BY_NAME:
-        return _BY_NAME[allocation.lower()]()
+        return _BY_NAME[allocation.lower()](granularity=granularity)
     raise ValueError(
         f"`allocation` must be one of {sorted(_BY_NAME)} or a "
         f"tfsparse.allocation.Allocation. Received: allocation={allocation!r}"
     )
+
+
+# ---------------------------------------------------------------------------
+# Granularity: single weights, blocks, N:M.
+#
+# Both structured granularities work on the kernel's second-to-last axis,
+# the INPUT axis of Dense (in, out) and Conv (..., in, out) kernels: the axis
+# a matrix-vector product reduces over, and the one LiteRT's sparse
+# FULLY_CONNECTED blocks (TFLite stores the weights (out, in), blocks 1x4 /
+# 1x16) and tfmot's `sparsity_m_by_n` group. A kernel of rank 1 is taken as
+# one column (n, 1). For other layouts the axis is still the second-to-last,
+# whatever it means there: an Embedding table (vocab, dim) is grouped along
+# the vocabulary (4 consecutive tokens of one feature; a tied output
+# projection reads it transposed, so no sparse kernel uses that), an
+# EinsumDense kernel along its second-to-last axis (the input of the common
+# "...c,cd->...d"; the heads of MultiHeadAttention's (dim, heads, head_dim)
+# query), a Conv*Transpose kernel (..., out, in) along its outputs. The
+# masks are exact in every case; only the LiteRT speed needs the input axis.
+
+
+def _as_stack(shape):
+    """(leading, rows, columns) view of a weight shape: the last two axes,
+    rows = the input axis; rank 1 is one column."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) < 2:
+        return 1, int(np.prod(shape)), 1
+    return int(np.prod(shape[:-2])), shape[-2], shape[-1]
+
+
+class Granularity:
+    """What a mask keeps or drops as one unit. Base class; see `Weight`,
+    `Block`, `NM`."""
+
+    name = None
+
+    def masks(self, allocation, scores, sparsity, tiebreak=None):
+        raise NotImplementedError
+
+    def check_sparsity(self, sparsity, argument, received=None):
+        """Raises ValueError (naming `argument`) if `sparsity` cannot be
+        reached at this granularity."""
+
+    def get_config(self):
+        return {"granularity": self.name}
+
+    def __eq__(self, other):
+        return isinstance(other, Granularity) and other.name == self.name
+
+    def __hash__(self):
+        return hash(self.name)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class Weight(Granularity):
+    """Single weights: the allocation ranks every weight on its own."""
+
+    name = "weight"
+
+    def masks(self, allocation, scores, sparsity, tiebreak=None):
+        return allocation.allocate(scores, sparsity, tiebreak)
+
+
+class Block(Granularity):
+    """Blocks of `block_size` weights along the kernel's last two axes.
+
+    `block_size=(4, 1)`: 4 consecutive inputs of one output unit, LiteRT's
+    float sparse FULLY_CONNECTED block (TFLite 1x4 on its (out, in)
+    weights); `(16, 1)` is its int8 block (1x16). Leading axes (a conv's
+    kernel window) are blocks of 1.
+
+    tfmot's semantics: each block's score is the average (`pooling="avg"`)
+    or the maximum (`"max"`) of its weights' scores; the allocation runs on
+    the block scores exactly as on weights (Uniform keeps
+    `keep_count(blocks, sparsity)` blocks per layer, Global / LAMP one
+    threshold over the block scores of all free layers, with the total
+    and the `min_density` floors counted in blocks, ERK its densities from
+    the weights' shapes applied to the block counts), and a kept block
+    keeps all its weights.
+
+    Exactness: the counts are exact in blocks. When the kernel's last two
+    dimensions are multiples of the block, kept weights = kept blocks x
+    block size, so the weight sparsity is exactly the block sparsity.
+    Otherwise the last row / column of blocks is partial: a partial block
+    counts as one block (pooled over the weights it has, never padded with
+    made-up scores) but keeps fewer weights, so the kept weights fall short
+    of the target by at most the weights missing from the kept partial
+    blocks. Global does not weigh blocks by their size: one threshold over
+    block scores, each block one unit.
+
+    LiteRT (TF 2.21 converter): FULLY_CONNECTED weights whose zeros are
+    whole 1x4 (float) / 1x16 (int8) blocks are stored block-encoded and
+    computed sparse, without a DENSIFY op, when at least 30 % of the
+    weights are zero and the block-encoded zero fraction is above 0.9
+    (float) / 0.8 (int8) of the plain zero fraction. Keep the input
+    dimension a multiple of the block: the converter encodes whole blocks
+    only and silently drops the weights of a partial last block
+    (`tfsparse inspect model.tflite` flags such tensors as LOST).
+    """
+
+    def __init__(self, block_size=(4, 1), pooling="avg"):
+        try:
+            rows, columns = block_size
+        except (TypeError, ValueError):
+            rows = columns = None
+        if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in (rows, columns)):
+            raise ValueError(
+                f"`block_size` must be a pair of positive integers (rows along the input axis, "
+                f"columns along the output axis), e.g. (4, 1). Received: block_size={block_size!r}"
+            )
+        if not isinstance(pooling, str) or pooling.lower() not in ("avg", "max"):
+            raise ValueError(f'`pooling` must be "avg" or "max". Received: pooling={pooling!r}')
+        self.block_size = (int(rows), int(columns))
+        self.pooling = pooling.lower()
+
+    @property
+    def name(self):
+        rows, columns = self.block_size
+        return f"block{rows}x{columns}" + ("-max" if self.pooling == "max" else "")
+
+    def _grid(self, shape):
+        lead, rows, columns = _as_stack(shape)
+        return lead, rows, columns, -(-rows // self.block_size[0]), -(-columns // self.block_size[1])
+
+    def pool(self, values):
+        """Block scores of one weight's `values`: (leading, row blocks,
+        column blocks), average or maximum over the weights of each block."""
+        values = np.asarray(values)
+        lead, rows, columns, grid_rows, grid_columns = self._grid(values.shape)
+        block_rows, block_columns = self.block_size
+        x = values.reshape(lead, rows, columns)
+        x = x.astype(np.result_type(x.dtype, np.float32), copy=False)
+        pad = ((0, 0), (0, grid_rows * block_rows - rows), (0, grid_columns * block_columns - columns))
+        fill = -np.inf if self.pooling == "max" else 0.0
+        if any(p[1] for p in pad):
+            x = np.pad(x, pad, constant_values=fill)
+        x = x.reshape(lead, grid_rows, block_rows, grid_columns, block_columns)
+        if self.pooling == "max":
+            return x.max(axis=(2, 4))
+        # The average over the weights a partial block has, not over its padding.
+        row_counts = np.full(grid_rows, block_rows)
+        row_counts[-1] = rows - (grid_rows - 1) * block_rows
+        column_counts = np.full(grid_columns, block_columns)
+        column_counts[-1] = columns - (grid_columns - 1) * block_columns
+        return x.sum(axis=(2, 4)) / np.outer(row_counts, column_counts)
+
+    def expand(self, keep, shape):
+        """A block keep-mask from `pool`'s grid back to the weight `shape`."""
+        lead, rows, columns, grid_rows, grid_columns = self._grid(shape)
+        keep = np.asarray(keep).reshape(lead, grid_rows, grid_columns)
+        full = np.repeat(np.repeat(keep, self.block_size[0], axis=1), self.block_size[1], axis=2)
+        return full[:, :rows, :columns].reshape(tuple(shape))
+
+    def masks(self, allocation, scores, sparsity, tiebreak=None):
+        check_finite(scores)
+        shapes = {name: np.shape(values) for name, values in scores.items()}
+        pooled = {name: self.pool(values) for name, values in scores.items()}
+        pooled_tiebreak = None if tiebreak is None else {name: self.pool(tiebreak[name]) for name in scores}
+        keep = allocation.allocate(pooled, sparsity, pooled_tiebreak, shapes=shapes)
+        return {name: self.expand(keep[name], shapes[name]) for name in scores}
+
+    def get_config(self):
+        return {"block_size": self.block_size, "pooling": self.pooling}
+
+
+class NM(Granularity):
+    """N kept out of every M consecutive weights along the input axis.
+
+    `NM(2, 4)` is the 2:4 pattern of sparse tensor cores (tfmot's
+    `sparsity_m_by_n=(2, 4)`). Groups are M consecutive entries of the
+    kernel's second-to-last axis (the input axis; see the module notes)
+    for one output unit and one position of the leading axes.
+
+    Gradual: at sparsity `s` every group keeps `max(N, round(M * (1 - s)))`
+    of its M weights (the largest scores; ties to the `tiebreak`, then the
+    first positions), so a schedule ramping up to `1 - N/M` ends exactly at
+    N:M (2:4 keeps 4, then 3 from s = 0.25 on, then 2 from s = 0.5). A
+    sparsity above `1 - N/M` cannot be N:M and is a ValueError. When the
+    input dimension is not a multiple of M, the last group has L < M
+    weights and keeps `min(L, k)` with k the full groups' count: it is
+    dense while the full groups keep at least L, and ends with at most N,
+    so the kernel satisfies `check_m_by_n`.
+
+    The rule is per group, so the allocation's kind (layer, global, LAMP,
+    ERK, its `min_density`) does not change the masks; its overrides and
+    `keep_dense` do (an override is the sparsity of that layer's groups and
+    may not exceed `1 - N/M` either).
+    """
+
+    def __init__(self, n=2, m=4):
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (n, m)) or not 0 < n < m:
+            raise ValueError(f"N:M needs integers 0 < n < m, e.g. n=2, m=4. Received: n={n!r}, m={m!r}")
+        self.n, self.m = int(n), int(m)
+
+    @property
+    def name(self):
+        return f"{self.n}:{self.m}"
+
+    @property
+    def max_sparsity(self):
+        return 1.0 - self.n / self.m
+
+    def check_sparsity(self, sparsity, argument, received=None):
+        if sparsity > self.max_sparsity + 1e-9:
+            raise ValueError(
+                f"`{argument}` asks for sparsity {sparsity}, above the {self.max_sparsity:g} that "
+                f"{self.name} sparsity ({self.n} kept of every {self.m}) reaches. "
+                f"Received: {received or f'{argument}={sparsity!r}'}"
+            )
+
+    def group_keep(self, sparsity):
+        """Weights a full group of M keeps at `sparsity`."""
+        return min(self.m, max(self.n, int(round(self.m * (1.0 - sparsity)))))
+
+    def keep(self, scores, k, tiebreak=None):
+        """Keep-mask of one weight: the `k` best of every group of M."""
+        scores = np.asarray(scores)
+        shape = scores.shape
+        lead, rows, columns = _as_stack(shape)
+        groups = -(-rows // self.m)
+
+        def grouped(values):
+            x = np.asarray(values).reshape(lead, rows, columns)
+            x = x.astype(np.result_type(x.dtype, np.float32), copy=False)
+            # Padding ranks last; a partial group keeps min(L, k) of its own.
+            x = np.pad(x, ((0, 0), (0, groups * self.m - rows), (0, 0)), constant_values=-np.inf)
+            return -x.reshape(lead, groups, self.m, columns).transpose(0, 1, 3, 2)
+
+        keys = (grouped(scores),) if tiebreak is None else (grouped(tiebreak), grouped(scores))
+        order = np.lexsort(keys, axis=-1)  # stable: equal keys keep the first positions first
+        ranks = np.empty_like(order)
+        np.put_along_axis(ranks, order, np.arange(self.m), axis=-1)
+        keep = (ranks < k).transpose(0, 1, 3, 2).reshape(lead, groups * self.m, columns)
+        return keep[:, :rows].reshape(shape)
+
+    def masks(self, allocation, scores, sparsity, tiebreak=None):
+        check_finite(scores)
+        allocation.check_names(list(scores))
+        self.check_sparsity(sparsity, "sparsity")
+        masks = {}
+        for name, values in scores.items():
+            fixed = allocation.fixed_sparsity(name)
+            k = self.group_keep(sparsity if fixed is None else fixed)
+            masks[name] = self.keep(values, k, None if tiebreak is None else tiebreak[name])
+        return masks
+
+    def get_config(self):
+        return {"n": self.n, "m": self.m}
+
+
+#: Examples of the names `get_granularity` parses (for help texts).
+GRANULARITY_NAMES = ("weight", "block4x1", "block16x1", "2:4")
+
+
+def get_granularity(granularity):
+    """A `Granularity` from an instance, None, or a name.
+
+    Names: `"weight"` (or None); `"block<R>x<C>"`, optionally ending in
+    `"-avg"` / `"-max"` (the pooling, default avg): `Block((R, C))`, so
+    `"block4x1"` for LiteRT's float blocks and `"block16x1"` for its int8
+    ones; `"<N>:<M>"`: `NM(N, M)`, e.g. `"2:4"`.
+    """
+    if granularity is None:
+        return Weight()
+    if isinstance(granularity, Granularity):
+        return granularity
+    if isinstance(granularity, str):
+        text = granularity.strip().lower()
+        if text == "weight":
+            return Weight()
+        block = re.fullmatch(r"block(\d+)x(\d+)(?:-(avg|max))?", text)
+        if block:
+            return Block((int(block[1]), int(block[2])), block[3] or "avg")
+        group = re.fullmatch(r"(\d+):(\d+)", text)
+        if group and 0 < int(group[1]) < int(group[2]):
+            return NM(int(group[1]), int(group[2]))
+    raise ValueError(
+        '`granularity` must be None, "weight", "block<R>x<C>" (e.g. "block4x1", "block16x1-max"), '
+        '"<N>:<M>" with 0 < N < M (e.g. "2:4"), or a tfsparse.allocation.Granularity '
+        f"(Block, NM). Received: granularity={granularity!r}"
+    )
+
+
+def granularity_name(text):
+    """`get_granularity(text).name`: the CLI's `type=` for `--granularity`
+    (a bad name becomes argparse's usage error, with this module's message)."""
+    import argparse
+
+    try:
+        return get_granularity(text).name
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def check_m_by_n(kernel, n=2, m=4):
+    """True if every group of `m` consecutive entries along the kernel's
+    input axis (second-to-last; see `NM`) holds at most `n` nonzeros, as
+    tfmot's `check_sparsity_m_by_n`. A last partial group must hold at
+    most `n` as well."""
+    group = NM(n, m)
+    nonzero = np.asarray(kernel) != 0
+    lead, rows, columns = _as_stack(nonzero.shape)
+    groups = -(-rows // group.m)
+    x = np.pad(nonzero.reshape(lead, rows, columns), ((0, 0), (0, groups * group.m - rows), (0, 0)))
+    return bool((x.reshape(lead, groups, group.m, columns).sum(axis=2) <= group.n).all())

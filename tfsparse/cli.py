@@ -272,7 +272,12 @@ def _inspect(args, parser):
         return
     if path.suffix != ".keras":
         raise ValueError(f"tfsparse inspect reads .keras and .tflite files. Received: {path}")
-    stats.summary(_load_keras(path))
+    from tfsparse import structure
+
+    model = _load_keras(path)
+    rows = stats.layer_rows(model)
+    structures = structure.model_structures(model, [row["path"] for row in rows])
+    print(structure.add_column(stats.format_table(rows), "structure", structures))
 
 
 def _methods(args, parser):

@@ -243,8 +243,7 @@ def to_tflite(
         content = _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops, batch_size)
         dense_size = len(_convert(tf, saved, None, None, False, False, allow_flex_ops, batch_size))
     expected = _keras_outputs(plain, structure, samples)
-    runtime, options, attempts, outputs = _run_first_working(content, samples)
-    rows = _compare(expected, outputs)
+    runtime, options, attempts, outputs, rows = _run_verified(content, samples, expected, quantization)
     top1 = [row["top1_agreement"] for row in rows.values() if row["top1_agreement"] is not None]
     _write_atomically(path, content)
     return ExportReport(
@@ -364,20 +363,65 @@ def _padded(values, size):
     return np.concatenate([values, np.repeat(values[-1:], missing, axis=0)]) if missing else values
 
 
-def _run_first_working(content, samples):
-    attempts = []
+#: Largest error, relative to the largest |Keras output|, that a float32
+#: file may show: above it the file computes something else (the converter
+#: drops the inputs of a partial block, say), whatever the runtime.
+FLOAT32_TOLERANCE = 1e-3
+
+
+def _run_verified(content, samples, expected, quantization):
+    """Runs every interpreter configuration and picks the first whose
+    outputs are finite and no further from Keras than the best one's (with
+    slack): a delegate can load a file and compute garbage (XNNPACK on
+    block-sparse dynamic-range weights), and some files compute NaN
+    everywhere (block-sparse float16). Returns (name, options, attempts,
+    outputs, rows); raises when no configuration computes the model."""
+    results, attempts = [], []
     for name, options in RUNTIMES:
         try:
             outputs = _run_signature(interpreter(content, options), samples)
         except (RuntimeError, ValueError) as error:
-            attempts.append((name, _first_line(error)))
+            attempts.append([name, _first_line(error)])
             continue
-        attempts.append((name, None))
-        return name, options, attempts, outputs
-    raise RuntimeError(
-        "The converted model runs in no LiteRT configuration tried; nothing was written. "
-        + "; ".join(f"{name}: {error}" for name, error in attempts)
-    )
+        rows = _compare(expected, outputs)
+        finite = all(np.all(np.isfinite(value)) for value in outputs.values())
+        error = max(row["max_abs_error"] for row in rows.values()) / _scale(expected)
+        attempts.append([name, None if finite else "outputs are NaN or infinite"])
+        if finite:
+            results.append((name, options, outputs, rows, error))
+    if not results:
+        raise RuntimeError(
+            "The converted model runs in no LiteRT configuration tried; nothing was written. "
+            + "; ".join(f"{name}: {error}" for name, error in attempts)
+        )
+    best = min(result[4] for result in results)
+    if quantization is None and best > FLOAT32_TOLERANCE:
+        raise RuntimeError(
+            f"The converted float32 model differs from the Keras model by {best:.3g} of its largest "
+            "output in every LiteRT configuration; nothing was written. `tfsparse inspect` on a file "
+            "converted with sparse=False tells whether the sparse encoding lost weights (a partial "
+            "block of a block-sparse kernel is dropped by the converter)."
+        )
+    for name, options, outputs, rows, error in results:
+        if error <= 2 * best + FLOAT32_TOLERANCE:
+            return name, options, _mark_rejected(attempts, results, name, best), outputs, rows
+    raise AssertionError("unreachable: the best result passes its own test")
+
+
+def _mark_rejected(attempts, results, chosen, best):
+    """Attempts with, for the configurations that ran but computed worse
+    than the best one, why they were not chosen."""
+    errors = {result[0]: result[4] for result in results}
+    marked = []
+    for name, error in attempts:
+        if error is None and name != chosen and errors[name] > 2 * best + FLOAT32_TOLERANCE:
+            error = f"wrong outputs: error {errors[name]:.3g} of the largest output, best {best:.3g}"
+        marked.append((name, error))
+    return marked
+
+
+def _scale(expected):
+    return max(float(np.max(np.abs(value))) for value in expected.values()) or 1.0
 
 
 def _signature_inputs(interp, inputs):

@@ -45,6 +45,17 @@ class MagnitudePruning(PruningMethod):
             scores), `"erk"`, or a `tfsparse.allocation.Allocation`.
         end_fraction: fraction of the training steps over which the default
             schedule ramps up.
+        granularity: what the masks keep or drop as one unit (tfmot's
+            `block_size` / `sparsity_m_by_n`): `None` or `"weight"`; a
+            `tfsparse.allocation.Block` or `"block4x1"` / `"block16x1"`
+            (whole blocks of 4 / 16 consecutive inputs of one output unit,
+            pooled by average, `"-max"` for the maximum: LiteRT's sparse
+            FULLY_CONNECTED blocks for float / int8); a
+            `tfsparse.allocation.NM` or `"2:4"` (every group of 4
+            consecutive inputs keeps `max(2, round(4 * (1 - s)))` at
+            sparsity s, so the target must be at most 0.5 and the schedule
+            ends at exactly 2:4). Given to the allocation (see
+            `tfsparse.allocation.get`).
         frequency: steps between mask updates (default schedule, callables).
 
     Example:
@@ -63,6 +74,9 @@ class MagnitudePruning(PruningMethod):
                                 "(1 %% floor per layer), one threshold over LAMP scores, or ERK"),
         "frequency": dict(type=int, default=100, help="steps between mask updates"),
         "end_fraction": dict(type=float, default=0.7, help="fraction of training over which sparsity ramps up"),
+        "granularity": dict(type=allocation_lib.granularity_name, default="weight",
+                            help="unit of pruning: weight, blockRxC (e.g. block4x1, block16x1, block4x1-max: "
+                                 "LiteRT's sparse FULLY_CONNECTED blocks) or N:M (e.g. 2:4, target <= 1 - N/M)"),
     }
 
     def __init__(
@@ -72,6 +86,7 @@ class MagnitudePruning(PruningMethod):
         allocation="layer",
         end_fraction=0.7,
         frequency=100,
+        granularity=None,
     ):
         super().__init__()
         if schedule is None:
@@ -82,7 +97,9 @@ class MagnitudePruning(PruningMethod):
             raise ValueError(f"`end_fraction` must be in (0, 1]. Received: end_fraction={end_fraction}")
         self.target_sparsity = target_sparsity
         self.schedule = None if schedule is None else schedules_lib.get(schedule, frequency)
-        self.allocation = allocation_lib.get(allocation)
+        self.allocation = allocation_lib.get(allocation, granularity=granularity)
+        if target_sparsity is not None:
+            self.allocation.granularity.check_sparsity(target_sparsity, "target_sparsity")
         self.end_fraction = end_fraction
         self.frequency = frequency
         self.update_steps = UpdateSteps(self, self._due, after_batch=False)
