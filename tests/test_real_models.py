@@ -165,7 +165,12 @@ def test_every_method_trains_masks_inside_attention_and_recurrent_layers(name):
     x, y = token_data(128)
     method = CASES[name](x, y)
     keras.utils.set_random_seed(0)
-    pruned = tfsparse.prune(transformer_model(), **method.layer_options)
+    # Frozen-weight methods leave the token embedding out: at the authors'
+    # score learning rate (50) its scores, summed over every use of a token,
+    # grow ~100 per step and turn NaN within 4 epochs here (the methods then
+    # stop with FloatingPointError; their papers prune conv and dense layers).
+    exclude = [L.Embedding] if name in ("aslp", "supermask", "edge-popup") else None
+    pruned = tfsparse.prune(transformer_model(), exclude=exclude, **method.layer_options)
     pruned.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = pruned.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[method])
     assert np.isfinite(history.history["loss"]).all()
