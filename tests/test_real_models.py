@@ -362,3 +362,42 @@ def test_keras_quantize_of_a_stripped_model_keeps_the_zeros():
     quantized = keras.ops.convert_to_numpy(stripped.get_layer("d")._kernel)
     assert quantized.dtype == np.int8
     assert np.all(quantized[zeros] == 0)
+
+
+class TokenAndPositionEmbedding(L.Layer):
+    """keras.io's, verbatim in spirit: unregistered, and an __init__ without
+    **kwargs, so Keras's automatic config cannot rebuild it as it is."""
+
+    def __init__(self, maxlen, vocab_size, embed_dim):
+        super().__init__()
+        self.token_emb = L.Embedding(input_dim=vocab_size, output_dim=embed_dim)
+        self.pos_emb = L.Embedding(input_dim=maxlen, output_dim=embed_dim)
+
+    def call(self, x):
+        positions = keras.ops.arange(0, keras.ops.shape(x)[-1], 1)
+        return self.token_emb(x) + self.pos_emb(positions)
+
+
+class UnregisteredCNN(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = L.Conv2D(3, 3)
+        self.head = L.Dense(4)
+
+    def call(self, x):
+        return self.head(L.Flatten()(self.conv(x)))
+
+
+def test_unregistered_classes_and_inits_without_kwargs_prune_and_strip():
+    tokens = keras.Input((LENGTH,), dtype="int32")
+    text = keras.Model(tokens, L.Dense(2)(L.GlobalAveragePooling1D()(TokenAndPositionEmbedding(LENGTH, VOCAB, 8)(tokens))))
+    images = np.random.default_rng(0).normal(size=(2, 6, 6, 1)).astype("float32")
+    cnn = UnregisteredCNN()
+    cnn(images)
+    for model, x in ((text, token_data(4)[0]), (cnn, images)):
+        pruned = tfsparse.prune(model)
+        assert masked_fraction(pruned) == 1.0
+        randomize_masks(pruned)
+        stripped = tfsparse.strip(pruned)
+        assert type(stripped) is type(model)  # the user's class, not the carrier of nested masks
+        np.testing.assert_allclose(outputs(stripped, x), outputs(pruned, x), atol=1e-5)

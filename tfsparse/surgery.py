@@ -406,12 +406,13 @@ def _lora_variables(layer):
 
 def _classes_in(model):
     """Class name -> class for every layer and operation in the model's
-    tree, so that deserialization finds unregistered user classes."""
-    classes = {type(model).__name__: type(model)}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        classes[type(layer).__name__] = type(layer)
-    for operation in getattr(model, "operations", []):
-        classes.setdefault(type(operation).__name__, type(operation))
+    tree, so that deserialization finds unregistered user classes: their
+    plain classes (a carrier of nested masks shares its class's name)."""
+    classes = {}
+    for layer in [model, *model._flatten_layers(include_self=False, recursive=True),
+                  *getattr(model, "operations", [])]:
+        plain = masked_layers.base_class(layer)
+        classes.setdefault(plain.__name__, plain)
     return classes
 
 
@@ -521,7 +522,24 @@ def _functional_class():
 
 
 def _clone(layer):
-    return layer.__class__.from_config(layer.get_config())
+    return _from_config(layer.__class__, layer.get_config())
+
+
+def _from_config(cls, config):
+    """`cls.from_config(config)`, retried for a class whose `__init__` takes
+    no `name`/`trainable`/`dtype` (Keras's automatic config passes them; the
+    keras.io TokenAndPositionEmbedding is one): then with only the arguments
+    `__init__` accepts, and the name set afterwards."""
+    try:
+        return cls.from_config(config)
+    except TypeError:
+        parameters = inspect.signature(cls.__init__).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            raise
+        instance = cls.from_config({k: v for k, v in config.items() if k in parameters})
+        if "name" in config:
+            instance.name = config["name"]
+        return instance
 
 
 def _plain_clone_function(masked):
@@ -535,7 +553,7 @@ def _plain_clone_function(masked):
         if not any(masked_layers.is_masked(l) or isinstance(l, masked_tree.MaskedTree) for l in tree):
             return _clone(layer)
         config = _plain_config(keras.saving.serialize_keras_object(layer), masked)
-        return keras.saving.deserialize_keras_object(config)
+        return _from_config(masked_layers.base_class(layer), config["config"])
 
     return clone
 
