@@ -58,3 +58,15 @@ def build(name, x, y, optimizer=None, jit_compile="auto"):
 def inference_kernels(model):
     """name -> the kernel as `tfsparse.strip` would bake it (mask, scale)."""
     return {weight.name: weight.effective_value() for weight in tfsparse.masked_weights(model)}
+
+
+class InterruptAtEpoch(keras.callbacks.Callback):
+    """Stands for a crash at the start of `epoch` (resume tests)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")

@@ -4,7 +4,7 @@ interruption (the cases are in method_cases.py)."""
 import keras
 import numpy as np
 import pytest
-from method_cases import BATCH_SIZE, CASES, EPOCHS, STEPS_PER_EPOCH, build, data, inference_kernels
+from method_cases import BATCH_SIZE, CASES, EPOCHS, STEPS_PER_EPOCH, InterruptAtEpoch, build, data, inference_kernels
 
 import tfsparse
 
@@ -38,16 +38,6 @@ def test_mixed_float16_with_and_without_xla(name, jit_compile):
     total = sum(kernel.size for kernel in kernels.values())
     assert 0 < nonzero < total  # pruned, and not emptied
     np.testing.assert_allclose(tfsparse.strip(model)(x[:16]), model(x[:16]), atol=2e-2)
-
-
-class InterruptAtEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise RuntimeError("interrupted")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -12,7 +12,7 @@ same nonzero count per layer.
 import keras
 import numpy as np
 import pytest
-from method_cases import BATCH_SIZE, CASES, EPOCHS, INPUT_SHAPE, STEPS_PER_EPOCH, data, inference_kernels
+from method_cases import BATCH_SIZE, CASES, EPOCHS, INPUT_SHAPE, STEPS_PER_EPOCH, InterruptAtEpoch, data, inference_kernels
 
 import tfsparse
 from tfsparse import allocation, methods
@@ -149,16 +149,6 @@ def test_edge_popup_recomputes_the_top_k_at_the_first_hook_after_each_due_step()
                          for epoch in range(EPOCHS) for start in range(0, STEPS_PER_EPOCH + K, K)})
     served = sorted({min(b for b in boundaries if b >= step) for step in due})
     assert [ran for ran, _ in calls] == [0, *served]
-
-
-class InterruptAtEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise RuntimeError("interrupted")
 
 
 @pytest.mark.parametrize("name", ["magnitude", "rigl", "edge-popup"])
