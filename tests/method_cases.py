@@ -39,6 +39,7 @@ CASES = {
     "aslp": lambda x, y: methods.ASLP(),
     "supermask": lambda x, y: methods.Supermask(),
     "edge-popup": lambda x, y: methods.EdgePopup(keep_fraction=0.3),
+    "channel": lambda x, y: methods.ChannelPruning(0.5, frequency=4, penalty="group_lasso"),
 }
 
 

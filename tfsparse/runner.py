@@ -9,6 +9,7 @@ import time
 import keras
 
 from tfsparse import callbacks, datasets, methods, models, report, stats
+from tfsparse.shrink import shrink
 from tfsparse.surgery import prune, strip
 
 DENSE = "dense"
@@ -102,6 +103,10 @@ def _train_and_evaluate(
     history = train(model, [callback] if callback else [])
     train_seconds = time.perf_counter() - started
     stripped, metrics = test_metrics(model)
+    metrics["params"] = stripped.count_params()
+    if isinstance(callback, methods.ChannelPruning):  # remove the pruned channels: same outputs
+        stripped = shrink(model)
+        metrics["params_before_shrink"], metrics["params"] = metrics["params"], stripped.count_params()
     stripped.save(directory / "model.keras")
     extra = callback.finish(model, directory, retrain, lambda m: test_metrics(m)[1]) if callback else {}
     summary = stats.summary(stripped, print_fn=print if verbose else None)
@@ -111,7 +116,7 @@ def _train_and_evaluate(
 
         tflite = export_lib.to_tflite(stripped, directory / "model.tflite", quantization=export,
                                       representative_data=x_train[:500], verification_data=data.x_test[:1000])
-        exported = {"tflite": tflite.to_dict(), "tflite_summary": str(tflite).replace(str(directory), "model.tflite")}
+        exported = {"tflite": tflite.to_dict(), "tflite_summary": str(tflite).replace(str(directory / "model.tflite"), "model.tflite")}
     return {
         "settings": {
             "method": method, "model": model_name, "dataset": dataset, "target_sparsity": sparsity,

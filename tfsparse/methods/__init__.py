@@ -4,6 +4,7 @@
 """
 
 from tfsparse.methods.base import PruningMethod, get, registered
+from tfsparse.methods.channel import ChannelPruning
 from tfsparse.methods.asni import ASNI, AmenableInit, amenable_initialization, amenable_model
 from tfsparse.methods.dst import DSTEE, SET, DynamicSparseTraining, RigL
 from tfsparse.methods.evolution import DirectedEvolution, DirectedEvolutionRun, magnitude_baseline
