@@ -37,6 +37,32 @@ State: the masks and the counters N live in the layers' variables (mask and
 save/load and `BackupAndRestore` resume training where it stopped. Random
 choices (initial masks, SET growth, gradient batches) are seeded by
 `(seed, step)`, so a resumed run repeats the uninterrupted one.
+
+Granularity (`granularity=`, issue #20): the unit that is dropped and grown.
+
+- Single weights (the default): as above.
+- Blocks (`tfsparse.allocation.Block`, e.g. `"block4x1"`, LiteRT's sparse
+  FULLY_CONNECTED layout): the block is the unit throughout. The initial
+  masks are the allocation's block masks (ERK / uniform densities applied
+  to each layer's block count, as in magnitude pruning); a round drops the
+  active blocks of smallest pooled magnitude (`Block.pool` of |kernel|:
+  average or maximum) and grows as many blocks by pooled |dL/dw| (plus,
+  for DST-EE, the bonus c * sqrt(ln t / (N + eps)) with the block's N) or,
+  for SET, at random, so each layer keeps exactly its number of active
+  blocks. The counter N stays per weight: the masks are made of whole
+  blocks, so the weights of a block share their history, and the block's
+  N is the average of its weights' counters, the same number (our choice
+  over a per-block counter: no new state, and save/load, coverage and
+  resume are unchanged). A partial last block (input size not a multiple of the
+  block) counts as one block.
+- N:M (`tfsparse.allocation.NM`, e.g. `"2:4"`): supported. Every group of
+  M consecutive inputs keeps `NM.group_keep(target_sparsity)` weights (N
+  at the usual target 1 - N/M; a target above it is a ValueError). A round
+  drops the layer's smallest-magnitude active weights as at weight
+  granularity, and each group regrows as many as it lost, the best scored
+  (or random) of its own inactive weights, so every group holds exactly
+  its count after every round. The allocation's kind does not matter for
+  N:M (as in `tfsparse.allocation.NM`), its overrides do.
 """
 
 import math
@@ -78,6 +104,14 @@ class DynamicSparseTraining(PruningMethod):
         total_steps: training steps that `stop_at` refers to; defaults to
             the steps of the `fit` call (give it when training is split over
             several `fit` calls).
+        granularity: the unit that is dropped and grown: `None` or
+            `"weight"`; a `tfsparse.allocation.Block` or `"block4x1"` /
+            `"block16x1"` (`"-max"` for max pooling): whole blocks of
+            consecutive inputs of one output unit; a
+            `tfsparse.allocation.NM` or `"2:4"`: N of every M consecutive
+            inputs (`target_sparsity` at most 1 - N/M). See the module
+            docstring. Given to the allocation
+            (`tfsparse.allocation.get`).
     """
 
     cli_options = {
@@ -87,6 +121,10 @@ class DynamicSparseTraining(PruningMethod):
         "allocation": dict(choices=list(allocation_lib.NAMES), default="erk",
                            help="per-layer budget: every layer at the target, one global threshold "
                                 "(1 %% floor per layer), one threshold over LAMP scores, or ERK"),
+        # The same flag as MagnitudePruning's (the CLI shows one help for both).
+        "granularity": dict(type=allocation_lib.granularity_name, default="weight",
+                            help="unit of pruning: weight, blockRxC (e.g. block4x1, block16x1, block4x1-max: "
+                                 "LiteRT's sparse FULLY_CONNECTED blocks) or N:M (e.g. 2:4, target <= 1 - N/M)"),
     }
     layer_options = {"state_names": (ACTIVE_ROUNDS,)}
 
@@ -112,9 +150,12 @@ class DynamicSparseTraining(PruningMethod):
         eps=1.0,
         seed=0,
         total_steps=None,
+        granularity=None,
     ):
         super().__init__()
         schedules_lib.check_sparsity(target_sparsity, "target_sparsity")
+        allocation = allocation_lib.get(allocation, granularity=granularity)
+        allocation.granularity.check_sparsity(target_sparsity, "target_sparsity")
         grow = grow or self.grow_mode
         if grow not in ("score", "random"):
             raise ValueError(f"`grow` must be 'score' or 'random'. Received: grow={grow!r}")
@@ -138,7 +179,8 @@ class DynamicSparseTraining(PruningMethod):
         self.update_every = update_every
         self.drop_fraction = drop_fraction
         self.stop_at = stop_at
-        self.allocation = allocation_lib.get(allocation)
+        self.allocation = allocation
+        self.granularity = allocation.granularity
         self.gradient_data = gradient_data
         self.gradient_batch_size = gradient_batch_size
         self.eps = float(eps)
@@ -161,6 +203,9 @@ class DynamicSparseTraining(PruningMethod):
         self.allocation.check_names([w.name for w in self.masked_weights])
         if self.optimizer_step() == 0:
             self.initialize_masks()
+        else:  # resumed: the masks must already have the structure the updates keep
+            for name, alive in self.masks().items():
+                self._check_structure(name, alive)
 
     def initialize_masks(self):
         """Random masks at the allocation's per-layer densities (step 0)."""
@@ -200,30 +245,92 @@ class DynamicSparseTraining(PruningMethod):
         new_masks, grown, record = {}, {}, _RoundRecord(step, fraction)
         for weight in self.masked_weights:
             name, alive = weight.name, masks[weight.name]
+            self._check_structure(name, alive)
             rounds = keras.ops.convert_to_numpy(weight.state(ACTIVE_ROUNDS)) + alive
             weight.state(ACTIVE_ROUNDS).assign(rounds)
-            active = int(alive.sum())
-            n = min(math.ceil(fraction * active), alive.size - active)
-            survivors = keep_top_k(np.where(alive, np.abs(kernels[name]), _NOT_ELIGIBLE), active - n)
+            # Units: the weights themselves, or the blocks (pooled, then expanded back).
+            unit_alive = self._pool_mask(alive)
+            active = int(unit_alive.sum())
+            n = min(math.ceil(fraction * active), unit_alive.size - active)
+            magnitude = self._pool(np.abs(kernels[name]))
+            survivors = keep_top_k(np.where(unit_alive, magnitude, _NOT_ELIGIBLE), active - n)
             if self.grow == "random":
-                terms, score = None, rng.random(alive.shape, dtype=np.float32)
+                terms, score = None, rng.random(unit_alive.shape, dtype=np.float32)
             else:
                 terms = self.grow_terms(gradients[name], rounds, step)
                 score = terms[0] if terms[1] is None else terms[0] + terms[1]
-            grow = keep_top_k(np.where(survivors, _NOT_ELIGIBLE, score), n) & ~survivors
+            if isinstance(self.granularity, allocation_lib.NM):
+                # Each group of M refills the places it lost: survivors first, then its best scores.
+                keep = self.granularity.keep(np.where(survivors, np.inf, score), self._group_keep(name))
+                grow = keep & ~survivors
+            else:
+                grow = keep_top_k(np.where(survivors, _NOT_ELIGIBLE, score), n) & ~survivors
+            unit_grow = grow
+            survivors, grow = self._expand(survivors, alive.shape), self._expand(grow, alive.shape)
             new_masks[name] = survivors | grow
             grown[name] = grow & ~alive
-            record.add(alive, survivors, grow, rounds, terms)
+            record.add(alive, survivors, grow, rounds, terms, unit_grow)
         self.assign_masks(new_masks, reset=grown)
         self.history.append(record.summary())
 
     def grow_terms(self, gradient, rounds, step):
-        """The two terms of the grow score: |g| and c * sqrt(ln t / (N + eps))."""
-        exploitation = np.abs(gradient)
+        """The two terms of the grow score: |g| and c * sqrt(ln t / (N + eps)),
+        per unit (block-pooled |g| and the blocks' counters for blocks)."""
+        exploitation = self._pool(np.abs(gradient))
         if self.c == 0.0:
             return exploitation, None
-        exploration = self.c * np.sqrt(np.log(step) / (rounds + self.eps)).astype(np.float32)
+        exploration = self.c * np.sqrt(np.log(step) / (self._pool_counter(rounds) + self.eps)).astype(np.float32)
         return exploitation, exploration
+
+    # --- granularity: weights, blocks (pooled units) or N:M (weights, refilled per group) ---------
+
+    def _is_block(self):
+        return isinstance(self.granularity, allocation_lib.Block)
+
+    def _pool(self, values):
+        """Per-unit scores: `Block.pool` (the block's average or maximum) for blocks, else as they are."""
+        return self.granularity.pool(values) if self._is_block() else values
+
+    def _pool_counter(self, rounds):
+        """The blocks' counters N: the average of their weights' (equal within a whole block)."""
+        if not self._is_block():
+            return rounds
+        return allocation_lib.Block(self.granularity.block_size, "avg").pool(rounds)
+
+    def _pool_mask(self, alive):
+        """Active units: the mask itself, or the blocks whose weights are all active."""
+        if not self._is_block():
+            return alive
+        return allocation_lib.Block(self.granularity.block_size, "avg").pool(alive.astype(np.float32)) == 1.0
+
+    def _expand(self, units, shape):
+        return self.granularity.expand(units, shape) if self._is_block() else units
+
+    def _group_keep(self, name):
+        fixed = self.allocation.fixed_sparsity(name)
+        return self.granularity.group_keep(self.target_sparsity if fixed is None else fixed)
+
+    def _check_structure(self, name, alive):
+        """Raises ValueError unless the mask has this method's granularity (whole
+        blocks, or exactly the group count of N:M): a model whose masks came from
+        another granularity (a resumed run, masks set by hand) is not silently
+        re-cut."""
+        if self._is_block():
+            fraction = allocation_lib.Block(self.granularity.block_size, "avg").pool(alive.astype(np.float32))
+            ok = bool(np.all((fraction == 0.0) | (fraction == 1.0)))
+        elif isinstance(self.granularity, allocation_lib.NM):
+            k = self._group_keep(name)
+            ok = bool(np.array_equal(self.granularity.keep(alive.astype(np.float32), k), alive))
+        else:
+            return
+        if not ok:
+            raise ValueError(
+                f"The mask of '{name}' does not have the structure of granularity "
+                f"{self.granularity.name!r} (whole blocks / exactly the group count), so drop-and-grow "
+                "cannot keep it. Start from a fresh `tfsparse.prune(...)` model (the initial masks are "
+                "made at step 0) or use the granularity the masks were made with. "
+                f"Received: granularity={self.granularity.name!r}"
+            )
 
     def _gradients(self, step):
         x, y = self._gradient_batch(step)
@@ -338,15 +445,17 @@ class _RoundRecord:
         self.dropped = self.grown = self.ever = self.size = 0
         self.exploitation, self.exploration = [], []
 
-    def add(self, alive, survivors, grow, rounds, terms):
+    def add(self, alive, survivors, grow, rounds, terms, unit_grow=None):
+        """Masks per weight; `terms` per unit, indexed by `unit_grow` (default `grow`)."""
         self.dropped += int(np.count_nonzero(alive & ~survivors))
         self.grown += int(np.count_nonzero(grow & ~alive))
         self.ever += int(np.count_nonzero((rounds > 0) | grow))
         self.size += alive.size
         if terms is not None:
-            self.exploitation.append(terms[0][grow])
+            chosen = grow if unit_grow is None else unit_grow
+            self.exploitation.append(terms[0][chosen])
             if terms[1] is not None:
-                self.exploration.append(terms[1][grow])
+                self.exploration.append(terms[1][chosen])
 
     def summary(self):
         def mean(parts):
