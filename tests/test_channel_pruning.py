@@ -250,12 +250,18 @@ def test_custom_layers_block_their_groups_with_a_reason():
         def call(self, x):
             return x * 2.0
 
+    class ScaledDense(L.Dense):  # a subclass of a known layer may compute anything
+        def call(self, x):
+            return super().call(x) * 2.0
+
     inputs = keras.Input((5,))
     x = Scale(name="scale")(L.Dense(6, name="fc")(inputs))
-    model = keras.Model(inputs, L.Dense(2)(L.Dense(4, name="fc2")(x)))
+    x = L.Dense(4, name="fc2")(x)
+    model = keras.Model(inputs, L.Dense(2)(ScaledDense(3, name="scaled")(L.Dense(5, name="fc3")(x))))
     groups = {frozenset(producers(g)): g for g in tfsparse.channel_groups(model).groups}
     assert not groups[frozenset({"fc"})].prunable
     assert "read by 'scale' (Scale), which tfsparse cannot follow" in groups[frozenset({"fc"})].reason
+    assert "read by 'scaled' (ScaledDense), which tfsparse cannot follow" in groups[frozenset({"fc3"})].reason
     assert groups[frozenset({"fc2"})].prunable
     with warnings.catch_warnings():
         warnings.simplefilter("error")

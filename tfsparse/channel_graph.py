@@ -165,7 +165,7 @@ class ChannelGroups:
 
     def __init__(self, model):
         self.model = model
-        self._parent, self._sizes, self._groups = [], [], {}
+        self._parent, self._groups = [], {}
         self._segments, self._repeats = {}, {}
         self.heads = {}  # id(MultiHeadAttention) -> its head group
         self._analyze(model)
@@ -252,54 +252,54 @@ class ChannelGroups:
         outputs = node.output_tensors
         if isinstance(layer, keras.Model):
             return self._block_all(inputs, outputs, f"read by the nested model {name}")
-        kind = base_class(layer)
+        kind = base_class(layer)  # exact Keras classes only: a subclass may compute anything
         config = layer.get_config() if isinstance(layer, L.Layer) else {}
         if config.get("data_format", "channels_last") != "channels_last":
             return self._block_all(inputs, outputs, f"read by {name} with data_format channels_first")
         activation = config.get("activation")
-        if issubclass(kind, (L.Dense, *_CONV, *_SEPARABLE)) and not _is_kernel_reader(layer, kind, inputs):
-            return self._block_all(inputs, outputs, f"read by {name}, not along its last axis")
-        if issubclass(kind, L.Dense):
+        if kind in (L.Dense, *_CONV, *_SEPARABLE) and not _one_known_input(inputs):
+            return self._block_all(inputs, outputs, f"read by {name} with several or unknown inputs")
+        if kind is L.Dense:
             self._read(inputs[0], layer, "kernel", 0)
             self._produce(outputs[0], layer, "kernel", 1, activation, name)
-        elif issubclass(kind, _CONV):
+        elif kind in _CONV:
             if layer.groups != 1:
                 return self._block_all(inputs, outputs, f"read by {name} with groups={layer.groups}")
             self._read(inputs[0], layer, "kernel", layer.rank)
             self._produce(outputs[0], layer, "kernel", layer.rank + 1, activation, name)
-        elif issubclass(kind, _SEPARABLE):
+        elif kind in _SEPARABLE:
             if layer.depth_multiplier != 1:
                 return self._block_all(inputs, outputs, f"read by {name} with depth_multiplier > 1")
             self._read(inputs[0], layer, "depthwise_kernel", layer.rank, carrier=True)
             self._read(inputs[0], layer, "pointwise_kernel", layer.rank)
             self._produce(outputs[0], layer, "pointwise_kernel", layer.rank + 1, activation, name)
-        elif issubclass(kind, L.MultiHeadAttention):
+        elif kind is L.MultiHeadAttention:
             self._attention_heads(layer, inputs, outputs, name)
-        elif issubclass(kind, L.Embedding):
+        elif kind is L.Embedding:
             self._produce(outputs[0], layer, "embeddings", 1, None, name)
-        elif issubclass(kind, _DEPTHWISE):
+        elif kind in _DEPTHWISE:
             if layer.depth_multiplier != 1:
                 return self._block_all(inputs, outputs, f"read by {name} with depth_multiplier > 1")
             self._read(inputs[0], layer, "depthwise_kernel", layer.rank, carrier=True)
             self._carry(inputs[0], outputs[0], activation, name)
-        elif issubclass(kind, L.BatchNormalization):
+        elif kind is L.BatchNormalization:
             axis = config["axis"]
             if axis not in (-1, len(inputs[0].shape) - 1):
                 return self._block_all(inputs, outputs, f"normalized by {name} along axis {axis}")
             for segment in self._segments.get(id(inputs[0]), ()):
                 self._group(segment.group).batch_norms.append(layer)
             self._carry(inputs[0], outputs[0], None, name)
-        elif issubclass(kind, L.Activation):
+        elif kind is L.Activation:
             self._carry(inputs[0], outputs[0], activation, name)
-        elif issubclass(kind, _CHANNELWISE_LAYERS) or (issubclass(kind, L.Rescaling) and _scalar_rescaling(config)):
+        elif kind in _CHANNELWISE_LAYERS or (kind is L.Rescaling and _scalar_rescaling(config)):
             self._carry(inputs[0], outputs[0], None, name)
-        elif issubclass(kind, _MERGES):
+        elif kind in _MERGES:
             self._merge(inputs, outputs[0], name)
-        elif issubclass(kind, L.Concatenate):
+        elif kind is L.Concatenate:
             self._concatenate(inputs, outputs[0], config["axis"], name)
-        elif issubclass(kind, L.Flatten):
+        elif kind is L.Flatten:
             self._flatten(inputs[0], outputs[0], name)
-        elif issubclass(kind, L.Reshape):
+        elif kind is L.Reshape:
             self._reshape(inputs[0], outputs[0], name)
         elif not isinstance(layer, L.Layer) and type(layer).__name__ in _ELEMENTWISE_OPS:
             if not all(_is_scalar(a) for a in _flat(node.arguments.args) + _flat(node.arguments.kwargs)
@@ -446,8 +446,8 @@ def _model_nodes(model):
     return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
 
 
-def _is_kernel_reader(layer, kind, inputs):
-    return len(inputs) == 1 and inputs[0].shape and inputs[0].shape[-1] is not None
+def _one_known_input(inputs):
+    return len(inputs) == 1 and bool(inputs[0].shape) and inputs[0].shape[-1] is not None
 
 
 def _scalar_rescaling(config):
