@@ -31,13 +31,14 @@ def export_data(name, path, max_train=None):
     return data.source
 
 
-def run_worker(job, legacy_keras=False, timeout=3600):
-    """Runs one job in a fresh Python process and returns its JSON result."""
+def run_worker(job, legacy_keras=False, timeout=3600, script=HERE / "workers.py"):
+    """Runs one job in a fresh Python process (`script <json job>`, workers.py
+    unless told otherwise) and returns its JSON result."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(HERE.parent))
     if legacy_keras:
         env["TF_USE_LEGACY_KERAS"] = "1"
     completed = subprocess.run(
-        [sys.executable, str(HERE / "workers.py"), json.dumps(job)],
+        [sys.executable, str(script), json.dumps(job)],
         capture_output=True, text=True, env=env, timeout=timeout,
     )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
@@ -46,18 +47,18 @@ def run_worker(job, legacy_keras=False, timeout=3600):
     return json.loads(lines[-1])
 
 
-def cached_worker(name, job, legacy_keras=False, timeout=3600):
+def cached_worker(name, job, legacy_keras=False, timeout=3600, script=HERE / "workers.py", paths=("data",)):
     """`run_worker`, its result cached in results/cache/<name>/ (or in the
-    directory `name`, when it is a Path) under the job's settings (the data
-    file's temporary path left out), so an interrupted benchmark resumes
-    where it stopped."""
-    settings = {k: v for k, v in job.items() if k != "data"}
+    directory `name`, when it is a Path) under the job's settings (the keys
+    in `paths`, which name files such as the data file's temporary path,
+    left out), so an interrupted benchmark resumes where it stopped."""
+    settings = {k: v for k, v in job.items() if k not in paths}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     directory = name if isinstance(name, Path) else RESULTS / "cache" / name
     path = directory / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())["result"]
-    result = run_worker(job, legacy_keras, timeout)
+    result = run_worker(job, legacy_keras, timeout, script)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps({"job": settings, "result": result}))
