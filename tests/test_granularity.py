@@ -367,3 +367,15 @@ def test_the_converter_drops_a_partial_last_block_and_inspect_says_so(tmp_path):
     fc1 = next(row for row in tflite_tensors.tensor_rows(path) if row["shape"] == (32, 30))
     assert fc1["encoding"] == "block" and tflite_tensors.lost_positions(fc1) == {1: 2}
     assert "LOST: last 2 of 30 on dim 1" in tflite_tensors.encoding_label(fc1)
+
+
+def test_to_tflite_refuses_a_quantized_file_that_lost_a_partial_block(tmp_path):
+    # 30 inputs in (16, 1) blocks: the int8 converter keeps one whole block and drops inputs 16-29.
+    model = _structured_model(30, "block16x1", 0.8)
+    data = np.random.default_rng(0).random((64, 30)).astype("float32")
+    with pytest.raises(ValueError, match=r"without its partial last block.*last 14 of dim 1.*nothing was written"):
+        tfsparse.export.to_tflite(model, tmp_path / "lost.tflite", quantization="int8", representative_data=data)
+    assert not (tmp_path / "lost.tflite").exists()
+    written = tfsparse.export.to_tflite(model, tmp_path / "dense.tflite", quantization="int8",
+                                        representative_data=data, sparse=False)
+    assert written.top1_agreement >= 0.95

@@ -25,6 +25,14 @@ On this project's reference machine (TF 2.21, ai-edge-litert 2.x) sparse +
 int8 files fail under XNNPACK ("failed to delegate FULLY_CONNECTED") and run
 with the builtin kernels; the report says which configuration ran and why
 the others did not, so the app can create its interpreter the same way.
+
+Quantization-aware models (`tfsparse.quantize_aware`) export to int8 from
+the ranges they learned: `quantization="int8"` converts the QAT model itself
+(not stripped: its FakeQuant ops carry the activation ranges, and its
+kernels already lie on the int8 grid the converter reproduces), needs no
+`representative_data` (when given, it only serves as verification inputs),
+and refuses a model whose ranges never saw a training batch, or a file that
+is not full-integer. Other quantizations export the stripped float model.
 """
 
 import os
@@ -37,6 +45,7 @@ import keras
 import numpy as np
 
 from tfsparse import layers as masked_layers
+from tfsparse import quantization as qat
 from tfsparse import tflite_tensors
 from tfsparse.surgery import strip
 
@@ -183,9 +192,11 @@ def to_tflite(
             written only after the verification passed.
         quantization: `None` (float32), `"dynamic"` (int8 weights, float
             activations), `"float16"` (float16 weights) or `"int8"` (full
-            integer; needs `representative_data`).
-        representative_data: input examples for int8 calibration; also the
-            default verification inputs. For one input an array (N, *input
+            integer; needs `representative_data`, except for a
+            quantization-aware model, whose trained ranges it uses).
+        representative_data: input examples for int8 calibration (not used
+            to calibrate a quantization-aware model); also the default
+            verification inputs. For one input an array (N, *input
             shape); for several a list or tuple of arrays in `model.inputs`
             order, or a dict keyed by input name (as `ExportReport.inputs`
             lists them). Integer inputs (token ids) keep their dtype.
@@ -228,7 +239,8 @@ def to_tflite(
     path = Path(path)
     _check_arguments(model, path, quantization, representative_data, int8_io, batch_size)
     loops = _recurrent_loops(model)
-    plain = strip(model) if _is_masked(model) else model
+    from_qat = quantization == "int8" and qat.is_quantize_aware(model)
+    plain = model if from_qat else strip(model) if _is_masked(model) else model
     structure = _model_inputs(plain, input_signature)
     inputs = keras.tree.flatten(structure)
     _build(plain, structure)
@@ -240,15 +252,24 @@ def to_tflite(
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, "saved_model")
         _save(tf, plain, structure, batch_size, saved)
-        content = _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops, batch_size)
+        content = _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops, batch_size,
+                           from_qat)
+        if from_qat:  # the baseline is the same model, dense and float
+            saved = os.path.join(tmp, "float_model")
+            _save(tf, strip(model), structure, batch_size, saved)
         dense_size = len(_convert(tf, saved, None, None, False, False, allow_flex_ops, batch_size))
+    if from_qat:
+        _check_full_integer(content)
+    if quantization is not None:
+        _refuse_lost_blocks(content)
     expected = _keras_outputs(plain, structure, samples)
     runtime, options, attempts, outputs, rows = _run_verified(content, samples, expected, quantization)
     top1 = [row["top1_agreement"] for row in rows.values() if row["top1_agreement"] is not None]
     _write_atomically(path, content)
     return ExportReport(
         path=path, size_bytes=len(content), dense_float_size_bytes=dense_size,
-        quantization=quantization or "none (float32)", sparse=sparse, runtime=runtime,
+        quantization="int8 (quantization-aware ranges)" if from_qat else quantization or "none (float32)",
+        sparse=sparse, runtime=runtime,
         interpreter_options=options, attempts=attempts,
         max_abs_error=max(row["max_abs_error"] for row in rows.values()),
         top1_agreement=min(top1) if top1 else None, samples=len(next(iter(samples.values()))),
@@ -367,6 +388,24 @@ def _padded(values, size):
 #: file may show: above it the file computes something else (the converter
 #: drops the inputs of a partial block, say), whatever the runtime.
 FLOAT32_TOLERANCE = 1e-3
+
+
+def _refuse_lost_blocks(content):
+    """Raises when the converter dropped the partial last block of a
+    block-sparse kernel (TF 2.21 encodes whole blocks only). A float32 file
+    is checked exactly by `_run_verified`; a quantized one differs from
+    Keras by rounding anyway, and lost weights can hide in that: a
+    LeNet-300-100 in (16, 1) blocks lost 20 points of accuracy that way."""
+    lost = {row["name"]: positions for row in tflite_tensors.tensor_rows(content)
+            if (positions := tflite_tensors.lost_positions(row))}
+    if lost:
+        details = "; ".join(f"'{name}': last {n} of dim {d}" for name, by_dim in lost.items() for d, n in by_dim.items())
+        raise ValueError(
+            "The converter stored a block-sparse kernel without its partial last block, so the "
+            f"quantized file would compute a different model ({details}); nothing was written. "
+            "Prune with a block that divides the layer's input size, leave that layer dense "
+            "(`exclude=` in tfsparse.prune), or export with sparse=False."
+        )
 
 
 def _run_verified(content, samples, expected, quantization):
@@ -572,7 +611,7 @@ def _agreement(max_abs_error, top1_agreement):
         "" if top1_agreement is None else f", top-1 agreement {top1_agreement:.2%}")
 
 
-def _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops, batch_size):
+def _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops, batch_size, from_qat=False):
     converter = tf.lite.TFLiteConverter.from_saved_model(saved)
     optimizations = []
     if sparse:
@@ -580,13 +619,19 @@ def _convert(tf, saved, quantization, representative, sparse, int8_io, allow_fle
     if quantization is not None:
         optimizations.append(tf.lite.Optimize.DEFAULT)
     converter.optimizations = optimizations
-    builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if quantization == "int8" else tf.lite.OpsSet.TFLITE_BUILTINS
+    # A quantization-aware graph makes the converter quantize from its
+    # FakeQuant ops; TF 2.21 asks for a representative dataset whenever the
+    # ops are restricted to TFLITE_BUILTINS_INT8, so `_check_full_integer`
+    # checks the result instead.
+    int8_only = quantization == "int8" and not from_qat
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if int8_only else tf.lite.OpsSet.TFLITE_BUILTINS
     ops = [builtins] + ([tf.lite.OpsSet.SELECT_TF_OPS] if allow_flex_ops else [])
     converter.target_spec.supported_ops = ops
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if quantization == "int8":
+    if int8_only:
         converter.representative_dataset = lambda: _calibration_batches(representative, batch_size or 1)
+    if quantization == "int8":
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
@@ -594,6 +639,25 @@ def _convert(tf, saved, quantization, representative, sparse, int8_io, allow_fle
         return converter.convert()
     except Exception as error:  # the converter raises ConverterError and others
         raise _conversion_error(error, allow_flex_ops, batch_size) from error
+
+
+def _check_full_integer(content):
+    """Raises when an op of the converted QAT file computes in float (other
+    than the QUANTIZE of a float input and the DEQUANTIZE of a float output)."""
+    interp = interpreter(content)
+    types = {detail["index"]: np.dtype(detail["dtype"]) for detail in interp.get_tensor_details()}
+    float_ops = sorted({
+        op["op_name"] for op in interp._get_ops_details()
+        if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")
+        and any(index >= 0 and types.get(index) in (np.float32, np.float16)
+                for index in [*op["inputs"], *op["outputs"]])
+    })
+    if float_ops:
+        raise RuntimeError(
+            f"The quantization-aware model converted with float ops ({', '.join(float_ops)}): some tensor "
+            "has no learned range. Nothing was written. Layers that tfsparse.quantize_aware supports give "
+            "every tensor a range; was the model changed after quantize_aware?"
+        )
 
 
 def _calibration_batches(values, size):
@@ -635,10 +699,14 @@ def _check_arguments(model, path, quantization, representative_data, int8_io, ba
         raise TypeError(f"`model` must be a Keras model. Received: model={model!r}")
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}. Received: quantization={quantization!r}")
-    if quantization == "int8" and representative_data is None:
+    from_qat = quantization == "int8" and qat.is_quantize_aware(model)
+    if from_qat:
+        qat.check_ranges(model)
+    if quantization == "int8" and representative_data is None and not from_qat:
         raise ValueError(
             "quantization='int8' needs `representative_data` (a few hundred typical inputs) "
-            "to calibrate the activation ranges. Received: representative_data=None"
+            "to calibrate the activation ranges, or a quantization-aware model (tfsparse.quantize_aware, "
+            "trained), whose ranges it uses. Received: representative_data=None"
         )
     loops = _recurrent_loops(model)
     if quantization == "int8" and loops:

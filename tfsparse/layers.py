@@ -19,6 +19,10 @@ a property of its own (Dense's `kernel` adds LoRA), the mask multiplies what
 that property returns, so LoRA composes with masking. Which mask is applied
 in training is the business of an optional `mask_function` (see
 `tfsparse.mask_functions`); without one the `mask` variable is used.
+An optional `quantizer` (see `tfsparse.quantization`, set by
+`tfsparse.quantize_aware`) fake-quantizes the effective kernel and the
+layer's inputs and outputs for quantization-aware training; the zeros of the
+mask stay exact zeros.
 
 A layer is masked either by constructing a masked class (`MaskedDense(...)`)
 or IN PLACE by `mask_layer(layer)`, which changes the class of a built layer
@@ -52,9 +56,10 @@ import inspect
 import keras
 from keras import ops
 
+from tfsparse.fake_quant import FakeQuantInt8
 from tfsparse.mask_functions import MaskFunction
 
-MASKING_CONFIG_KEYS = ("with_score", "with_scale", "state_names", "mask_function")
+MASKING_CONFIG_KEYS = ("with_score", "with_scale", "state_names", "mask_function", "quantizer")
 
 
 
@@ -182,6 +187,9 @@ class MaskedLayerMixin:
         mask_function: a `tfsparse.mask_functions.MaskFunction` that computes
             the mask used in the forward pass; `None` uses the `mask`
             variable as it is.
+        quantizer: a `tfsparse.fake_quant.FakeQuantInt8` for
+            quantization-aware training (`tfsparse.quantize_aware` sets it),
+            or None.
     """
 
     masked_attrs = ("kernel",)
@@ -194,12 +202,13 @@ class MaskedLayerMixin:
         with_scale=False,
         state_names=(),
         mask_function=None,
+        quantizer=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self._set_masking_options(with_score, with_scale, state_names, mask_function)
+        self._set_masking_options(with_score, with_scale, state_names, mask_function, quantizer)
 
-    def _set_masking_options(self, with_score, with_scale, state_names, mask_function):
+    def _set_masking_options(self, with_score, with_scale, state_names, mask_function, quantizer=None):
         if isinstance(mask_function, dict):
             mask_function = keras.saving.deserialize_keras_object(mask_function)
         if mask_function is not None and not isinstance(mask_function, MaskFunction):
@@ -211,6 +220,7 @@ class MaskedLayerMixin:
         self.with_scale = bool(with_scale)
         self.state_names = tuple(state_names)
         self.mask_function = mask_function
+        self.quantizer = _checked_quantizer(quantizer)
         self._gradient_probes = None
         self._checked_reads = False
 
@@ -231,6 +241,8 @@ class MaskedLayerMixin:
                 self._add_masking_weight(prefix + name, shape, "zeros", trainable=False)
             if self.mask_function is not None:
                 self.mask_function.build(self, MaskedWeight(self, attr))
+        if self.quantizer is not None:
+            self.quantizer.build(self)
 
     def add_masking_weight(self, weight, name, shape, initializer="zeros", trainable=False):
         """Adds a float32 variable `<prefix><name>` for `weight` (a
@@ -275,6 +287,8 @@ class MaskedLayerMixin:
         if handle.scale is not None:
             scale = handle.scale if self.mask_function is None else self.mask_function.scale_tensor(handle)
             effective = ops.multiply(effective, _cast(scale, dtype))
+        if self.quantizer is not None:
+            effective = self.quantizer.fake_quant_kernel(self, attr, effective)
         if self._gradient_probes is not None and attr in self._gradient_probes:
             effective = ops.add(effective, _cast(self._gradient_probes[attr], dtype))
         return effective
@@ -289,8 +303,12 @@ class MaskedLayerMixin:
         try:
             if _accepts_training(super().call):
                 kwargs["training"] = training
+            if self.quantizer is not None:
+                args = (self.quantizer.fake_quant_inputs(self, args[0], training=bool(training)), *args[1:])
             outputs = super().call(*args, **kwargs)
             self._check_reads(kwargs)
+            if self.quantizer is not None:
+                outputs = self.quantizer.fake_quant_outputs(self, outputs, training=bool(training))
             return outputs
         finally:
             self.__dict__["_effective_kernels"] = None
@@ -362,8 +380,9 @@ class MaskedLayerMixin:
             variable.assign(store[key])
 
     def masking_config(self):
-        """The masking arguments (`MASKING_CONFIG_KEYS`) as config values."""
-        return {
+        """The masking arguments (`MASKING_CONFIG_KEYS`) as config values
+        (`quantizer` only when there is one)."""
+        config = {
             "with_score": self.with_score,
             "with_scale": self.with_scale,
             "state_names": list(self.state_names),
@@ -373,9 +392,23 @@ class MaskedLayerMixin:
                 else keras.saving.serialize_keras_object(self.mask_function)
             ),
         }
+        if self.quantizer is not None:
+            config["quantizer"] = keras.saving.serialize_keras_object(self.quantizer)
+        return config
 
     def get_config(self):
         return {**super().get_config(), **self.masking_config()}
+
+
+def _checked_quantizer(quantizer):
+    if isinstance(quantizer, dict):
+        quantizer = keras.saving.deserialize_keras_object(quantizer)
+    if quantizer is not None and not isinstance(quantizer, FakeQuantInt8):
+        raise TypeError(
+            "`quantizer` must be a tfsparse.fake_quant.FakeQuantInt8 or None. "
+            f"Received: quantizer={quantizer!r}"
+        )
+    return quantizer
 
 
 def _descriptor(cls, attr):
@@ -533,7 +566,7 @@ def _attributes_holding(layer, variables):
     return tuple(dict.fromkeys(attributes))
 
 
-def mask_layer(layer, with_score=False, with_scale=False, state_names=(), mask_function=None):
+def mask_layer(layer, with_score=False, with_scale=False, state_names=(), mask_function=None, quantizer=None):
     """Masks a built layer IN PLACE: its class becomes the masked subclass
     and the masking variables are added (masks all ones, so the layer
     computes what it did). Returns the layer."""
@@ -543,26 +576,47 @@ def mask_layer(layer, with_score=False, with_scale=False, state_names=(), mask_f
     if not layer.built:
         raise ValueError(f"Layer '{layer.name}' is not built; build the model before pruning it.")
     layer.__class__ = masked_class(type(layer), attrs)
-    layer._set_masking_options(with_score, with_scale, state_names, mask_function)
+    layer._set_masking_options(with_score, with_scale, state_names, mask_function, quantizer)
     # Keras binds `quantize` to each instance when it is created, and reads
     # the signature of `call` there (to pass `training`): redo both.
     object.__setattr__(layer, "quantize", layer._refuse_quantize)
     _refresh_call_signature(layer)
+    with _adding_variables(layer):
+        layer._build_masking_weights()
+    return layer
+
+
+def set_quantizer(layer, quantizer):
+    """Gives a built masked layer a `quantizer` (IN PLACE) and creates its
+    variables, named as when a layer with that quantizer is built (so that
+    `.keras` files load). Used by `tfsparse.quantize_aware`."""
+    if not is_masked(layer):
+        raise ValueError(f"Layer '{layer.name}' is not masked. Received: {type(layer).__name__}")
+    if layer.quantizer is not None:
+        raise ValueError(f"Layer '{layer.name}' already has a quantizer: {layer.quantizer!r}")
+    layer.quantizer = _checked_quantizer(quantizer)
+    with _adding_variables(layer):
+        layer.quantizer.build(layer)
+    return layer
+
+
+@contextlib.contextmanager
+def _adding_variables(layer):
+    """Lets a built layer get new variables, with its full path as in build()."""
     locked = layer._tracker.locked
     layer._tracker.unlock()
     try:
-        with contextlib.ExitStack() as scopes:  # variables get the layer's full path, as in build()
+        with contextlib.ExitStack() as scopes:
             for name in layer.path.split("/")[:-1]:
                 scopes.enter_context(keras.name_scope(name))
             # The layer's own scope (`add_weight` reuses it for the same caller),
             # so that variables a mask function makes directly get the layer's
             # path too, as when a masked class builds.
             scopes.enter_context(keras.name_scope(layer.name, caller=layer))
-            layer._build_masking_weights()
+            yield
     finally:
         if locked:
             layer._tracker.lock()
-    return layer
 
 
 def _refresh_call_signature(layer):

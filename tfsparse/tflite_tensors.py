@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tfsparse._utils import require, text_table
+
 _NUMPY_TYPES = {
     "FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT8": np.int8,
     "UINT8": np.uint8, "INT64": np.int64, "INT16": np.int16,
@@ -25,17 +27,12 @@ _NUMPY_TYPES = {
 
 
 def _schema():
-    try:
-        from ai_edge_litert import schema_py_generated
-    except ImportError as error:
-        raise ImportError(
-            "Reading .tflite files needs ai-edge-litert: pip install 'tfsparse[litert]'"
-        ) from error
-    return schema_py_generated
+    return require("ai_edge_litert.schema_py_generated", "litert", "Reading .tflite files")
 
 
 def tensor_rows(path):
-    """One dict per constant tensor of the file's subgraphs.
+    """One dict per constant tensor of the file's subgraphs (`path`: a
+    .tflite path or its bytes).
 
     Keys: name, shape, dtype, quantized, sparse, stored (number of values
     stored in the buffer), zero_fraction (zeros among the logical elements;
@@ -47,7 +44,7 @@ def tensor_rows(path):
     "DENSIFY" for a random-sparse one densified before its op).
     """
     schema = _schema()
-    raw = Path(path).read_bytes()
+    raw = bytes(path) if isinstance(path, (bytes, bytearray)) else Path(path).read_bytes()
     try:
         model = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
     except Exception as error:  # flatbuffers raises assorted errors on garbage
@@ -152,14 +149,7 @@ def format_rows(rows, file_size=None):
     total = ("total", "", "", f"{sum(r['quantized'] for r in rows)} tensors", f"{sum(r['sparse'] for r in rows)} tensors",
              str(sum(r["stored"] for r in rows)), f"{zeros / max(elements, 1):.2%}",
              f"{sum(r['encoding'] == 'block' for r in rows)} block, {sum(r['encoding'] == 'random' for r in rows)} random")
-    widths = [max(len(h), *(len(line[i]) for line in lines + [total])) for i, h in enumerate(header)]
-
-    def fmt(cells):
-        return "  ".join(c.ljust(w) if i < 3 or i == 7 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
-    text = "\n".join([fmt(header), rule, *map(fmt, lines), rule, fmt(total)])
+    text = text_table(header, lines, total, left=(0, 1, 2, 7))
     if file_size is not None:
         text += f"\nfile size: {file_size:,} bytes"
     return text

@@ -1,0 +1,214 @@
+"""Quantization-aware training (QAT) of pruned models that keeps their zeros.
+
+`quantize_aware(model)` is one more step of the pruning workflow: on a masked
+model from `tfsparse.prune` (trained and pruned), it returns a copy whose
+masked layers compute with fake-quantized int8 values, so that `fit` learns
+weights that survive int8 rounding:
+
+- kernels: the effective kernel (`kernel * mask`, as `strip` bakes it) is
+  rounded per output channel to the symmetric int8 grid {-127..127} x scale,
+  scale = max |w| / 127 (Keras's `keras.quantizers.abs_max_quantize`), with
+  straight-through gradients. A pruned weight is 0 before rounding and
+  exactly 0 after it. The masks stay as they are (no method runs).
+- activations: the input of a layer that reads a model input, and the output
+  of every quantized layer (after its activation), are fake-quantized per
+  tensor to 8 bits (`keras.quantizers.fake_quant_with_min_max_vars`: the
+  TensorFlow FakeQuant op, whose ranges the TFLite converter reads). The
+  ranges track each batch's min and max (0 included) by an exponential
+  moving average in training and stay fixed in inference.
+
+`tfsparse.export.to_tflite(qat_model, path, quantization="int8")` then
+writes a full-integer file from the learned ranges, with no representative
+data, whose int8 kernels are the ones the Keras model computed with.
+
+Why the kernels are not TensorFlow FakeQuant ops (measured with TF 2.21): the
+converter turns a per-channel FakeQuant on a Dense kernel into a quantized
+tensor it must then transpose to FULLY_CONNECTED's (out, in) layout, and
+fails ("'tfl.transpose' op has mismatched quantized axes"); the per-axis
+QuantizeAndDequantizeV2 op crashes it, and its strict QDQ mode writes uint8
+kernels without their zeros. A kernel already on the abs-max grid is the
+one the converter's own per-channel quantization (scale = max |w| / 127)
+maps to the same integers, so the file holds exactly the trained values.
+
+What is covered: functional and Sequential models made of Dense, Conv1D,
+Conv2D, DepthwiseConv1D and DepthwiseConv2D layers (masked, or left dense by
+`prune`: those get an all-ones mask) and layers that move values without
+computing new ones (Flatten, Reshape, max pooling, dropout, padding,
+cropping, Permute). BatchNormalization, residual adds, concatenations,
+average pooling and the other layer kinds are refused by name for now.
+"""
+
+import keras
+
+from tfsparse import layers as masked_layers
+from tfsparse import surgery
+from tfsparse.fake_quant import PREFIX, QUANTIZABLE, FakeQuantInt8  # noqa: F401 (public names)
+
+#: Layers that only move, select or drop values: their output has their
+#: input's range, and TFLite runs them in int8 with the input's scale.
+PASS_THROUGH = (
+    keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute,
+    keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.Dropout,
+    keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
+    keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.Cropping1D,
+    keras.layers.Cropping2D, keras.layers.Identity,
+)
+
+
+def quantize_aware(model, ema_decay=0.99):
+    """Returns a copy of a pruned model that trains with int8 fake quantization.
+
+    Call it after pruning (or for the last phase of fine-tuning), compile the
+    copy (a smaller learning rate than for pruning is usual) and `fit` it
+    with no pruning method: the masks stay fixed and pruned weights stay
+    exactly zero after quantization. Then export it with
+    `tfsparse.export.to_tflite(qat_model, path, quantization="int8")` (no
+    representative data needed: the ranges come from training), or `strip`
+    it for a float model whose kernels lie on the int8 grid.
+
+    Supported models: functional or Sequential, made of Dense, Conv1D,
+    Conv2D, DepthwiseConv1D, DepthwiseConv2D and the value-moving layers of
+    `PASS_THROUGH` (Flatten, Reshape, max pooling, dropout, ...). Layers of
+    the quantizable classes that `prune` left dense get an all-ones mask
+    (they stay dense; run no pruning method on the QAT model).
+
+    Args:
+        model: a model returned by `tfsparse.prune` (masked).
+        ema_decay: weight of the old range in the moving averages of the
+            activation ranges, in [0, 1). Default 0.99.
+
+    Returns:
+        The QAT model: a new model, compiled like `model` when it was.
+
+    Example:
+
+    ```python
+    pruned = tfsparse.prune(model)
+    pruned.fit(x, y, epochs=10, callbacks=[tfsparse.methods.MagnitudePruning(0.9)])
+    qat = tfsparse.quantize_aware(pruned)
+    qat.compile(keras.optimizers.Adam(1e-4), loss, metrics=["accuracy"])
+    qat.fit(x, y, epochs=2)
+    tfsparse.export.to_tflite(qat, "model.tflite", quantization="int8")
+    ```
+    """
+    surgery._check_model(model, "model")
+    FakeQuantInt8(ema_decay=ema_decay)  # checks the argument
+    tree = surgery.all_layers(model)
+    if not any(masked_layers.is_masked(layer) for layer in tree):
+        raise ValueError(
+            "`model` has no masked layers: quantize_aware keeps the zeros of a pruned model, so "
+            "it takes a model from tfsparse.prune (for a dense model too: prune(model) masks it "
+            f"with all-ones masks). Received: model '{model.name}' ({type(model).__name__}) "
+            "without masks"
+        )
+    already = [layer.name for layer in tree if masked_layers.is_masked(layer) and layer.quantizer is not None]
+    if already:
+        raise ValueError(
+            f"`model` is already quantization-aware (layers {already} have quantizers). "
+            f"Received: model '{model.name}'"
+        )
+    _check_structure(model)
+    copy = surgery._copy(model, keep_compile=True)
+    copy._tfsparse_coverage = getattr(model, "_tfsparse_coverage", None)
+    reads_input = _layers_reading_model_inputs(_graph(copy))
+    for layer in _graph(copy).operations:
+        if not _is_quantizable(layer):
+            continue
+        quantizer = FakeQuantInt8(quantize_inputs=id(layer) in reads_input, ema_decay=ema_decay)
+        if masked_layers.is_masked(layer):
+            masked_layers.set_quantizer(layer, quantizer)
+        else:
+            masked_layers.mask_layer(layer, quantizer=quantizer)
+    return copy
+
+
+def is_quantize_aware(model):
+    """Whether any layer of `model` has a quantizer (a `quantize_aware` model)."""
+    return bool(quantizers(model))
+
+
+def quantizers(model):
+    """The layers of `model` that carry a `FakeQuantInt8`, in layer order."""
+    return [layer for layer in surgery.all_layers(model)
+            if masked_layers.is_masked(layer) and layer.quantizer is not None]
+
+
+def check_ranges(model, argument="model"):
+    """Raises ValueError when an activation range of the QAT `model` never
+    saw a training batch (the model was not trained after quantize_aware)."""
+    unseen = []
+    for layer in quantizers(model):
+        for variable in layer.masking_variables:
+            name = variable.path.split("/")[-1]
+            if name.startswith(PREFIX) and name.endswith("_batches") and float(variable.numpy()) == 0:
+                unseen.append(f"{layer.name} ({name[len(PREFIX):-len('_batches')]})")
+    if unseen:
+        raise ValueError(
+            f"The activation ranges of `{argument}` never saw data: {', '.join(unseen)}. They are "
+            "learned in training: fit the quantization-aware model (a few hundred batches) before "
+            f"exporting it to int8. Received: {argument} '{model.name}' with 0 training batches "
+            "seen by these ranges"
+        )
+
+
+def _graph(model):
+    """The functional graph of a functional or Sequential model."""
+    return model._functional if isinstance(model, keras.Sequential) else model
+
+
+def _is_quantizable(layer):
+    return any(klass in QUANTIZABLE for klass in type(layer).__mro__) and not _is_model(layer)
+
+
+def _is_model(layer):
+    return isinstance(layer, keras.Model)
+
+
+def _check_structure(model):
+    if type(model) is not keras.Sequential and type(model) is not surgery._functional_class():
+        raise ValueError(
+            "quantize_aware supports functional and Sequential models for now (it follows the "
+            "graph to place the input quantization). Received: model "
+            f"'{model.name}' of class {type(model).__name__}"
+        )
+    graph = _graph(model)
+    unsupported = []
+    for layer in graph.operations:
+        if _is_model(layer):
+            unsupported.append(f"{layer.name} (nested model {type(layer).__name__})")
+        elif _is_quantizable(layer):
+            if masked_layers.is_masked(layer) and layer.mask_function is not None:
+                unsupported.append(f"{layer.name} (mask function {type(layer.mask_function).__name__})")
+        elif not isinstance(layer, PASS_THROUGH):
+            unsupported.append(f"{layer.name} ({masked_layers.base_class(layer).__name__})")
+    if unsupported:
+        raise ValueError(
+            "quantize_aware cannot quantize these layers yet: " + ", ".join(unsupported) + ". "
+            f"It quantizes {', '.join(k.__name__ for k in QUANTIZABLE)} and lets through "
+            f"{', '.join(k.__name__ for k in PASS_THROUGH)}. Layers with a mask function (score-based "
+            "methods: their training masks move) are not taken yet. "
+            f"Received: model '{model.name}'"
+        )
+
+
+def _layers_reading_model_inputs(graph):
+    """ids of the quantizable layers whose input comes from a model input,
+    directly or through pass-through layers: they quantize their input."""
+    found = set()
+    for layer in graph.operations:
+        if not _is_quantizable(layer):
+            continue
+        for node in layer._inbound_nodes:
+            if any(_from_model_input(tensor) for tensor in node.input_tensors):
+                found.add(id(layer))
+    return found
+
+
+def _from_model_input(tensor):
+    operation, node_index, _ = tensor._keras_history
+    if isinstance(operation, keras.layers.InputLayer):
+        return True
+    if _is_quantizable(operation):
+        return False
+    node = operation._inbound_nodes[node_index]
+    return any(_from_model_input(t) for t in node.input_tensors)
