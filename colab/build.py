@@ -120,10 +120,10 @@ that have ever been active.''', "1 if SMALL else 10", [
 runs = {}
 for method_class in (DSTEE, RigL, SET):
     keras.utils.set_random_seed(0)
-    model = tfsparse.prune(tfsparse.models.lenet_300_100(), **method_class.layer_options)
-    model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     extra = {} if method_class is SET else {"gradient_data": (data.x_train, data.y_train)}
     method = method_class(0.95, update_every=5 if SMALL else 100, **extra)
+    model = tfsparse.prune(tfsparse.models.lenet_300_100(), **method.layer_options)
+    model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     model.fit(data.x_train, data.y_train, batch_size=128, epochs=EPOCHS, verbose=0, callbacks=[method])
     runs[method_class.__name__] = method.history
     print(f"{method_class.__name__:6s} test accuracy {model.evaluate(data.x_test, data.y_test, verbose=0)[1]:.4f}"
@@ -190,9 +190,9 @@ sigmoid around mid-training; pruned weights can come back.''', "2 if SMALL else 
 from tfsparse.methods.optg import plot_history
 
 keras.utils.set_random_seed(0)
-model = tfsparse.prune(tfsparse.models.lenet_300_100(), **OptG.layer_options)
-model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss, metrics=["accuracy"])
 optg = OptG(0.95)
+model = tfsparse.prune(tfsparse.models.lenet_300_100(), **optg.layer_options)
+model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss, metrics=["accuracy"])
 model.fit(data.x_train, data.y_train, batch_size=128, epochs=EPOCHS, verbose=2, callbacks=[optg])
 print("test accuracy", model.evaluate(data.x_test, data.y_test, verbose=0)[1], "sparsity", tfsparse.sparsity(model))''',
         '''plot_history(optg.history, "optg.png"); Image("optg.png")''',

@@ -81,7 +81,7 @@ def test_pruned_weights_stay_zero_and_masks_only_shrink(mnist_subset, optimizer)
     model.fit(mnist_subset.x_train[:1000], mnist_subset.y_train[:1000], batch_size=100, epochs=6,
               verbose=0, callbacks=[method, Snapshot()])
     expected = [method.prune_fraction(t) > 0 for t in range(5)] + [False]  # no prune after the last epoch
-    assert [pruned for *_, pruned in method.log] == expected and expected[0] is False  # S(0) <= 0.1 %: skipped
+    assert [h["pruned"] for h in method.history] == expected and expected[0] is False  # S(0) <= 0.1 %: skipped
     assert tfsparse.sparsity(model) == pytest.approx(0.8, abs=0.002)
     for before, after in zip(Snapshot.masks, Snapshot.masks[1:]):
         assert all(not np.any(after[n] & ~before[n]) for n in before)

@@ -1,4 +1,5 @@
 import json
+import sys
 import warnings
 
 import pytest
@@ -60,6 +61,14 @@ def test_run_writes_model_report_and_plots_then_refuses_to_overwrite(tmp_path, c
     broken.write_bytes((out / "model.keras").read_bytes()[:2000])
     code, _, err = run_cli(["inspect", str(broken)], capsys)
     assert code == 2 and "Could not read" in err
+
+
+def test_run_without_matplotlib_names_the_extra_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
+    monkeypatch.setattr(runner.datasets, "load", lambda *a, **k: pytest.fail("it trained first"))
+    code, _, err = run_cli(["run", "--method", "dense", "--out", str(tmp_path / "run"), "--quiet"], capsys)
+    assert code == 2 and "pip install 'tfsparse[plot]'" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_interrupted_run_leaves_no_output(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ def small_mlp():
     ])
 
 
-def compiled(model_fn=small_mlp, method=DSTEE, optimizer="adam"):
+def compiled(method, model_fn=small_mlp, optimizer="adam"):
     model = tfsparse.prune(model_fn(), **method.layer_options)
     model.compile(optimizer, LOSS, metrics=["accuracy"])
     return model
@@ -45,9 +45,9 @@ class CountRecorder(keras.callbacks.Callback):
 def test_nonzero_count_per_layer_is_constant_and_masks_move(mnist_subset, method_class):
     data = mnist_subset
     # Sparse from step 0 learns slowly at Adam's default rate: 40 steps need a larger one.
-    model = compiled(method=method_class, optimizer=keras.optimizers.Adam(5e-3))
     kwargs = {} if method_class is SET else {"gradient_data": (data.x_train, data.y_train)}
     method = method_class(0.9, update_every=5, **kwargs)
+    model = compiled(method, optimizer=keras.optimizers.Adam(5e-3))
     recorder = CountRecorder()
     model.fit(data.x_train[:2560], data.y_train[:2560], batch_size=128, epochs=2, verbose=0,
               callbacks=[method, recorder])
@@ -66,11 +66,11 @@ def test_nonzero_count_per_layer_is_constant_and_masks_move(mnist_subset, method
 
 
 def test_erk_densities_follow_the_formula():
+    method = SET(0.8, update_every=1)
     model = tfsparse.prune(keras.Sequential([
         keras.Input((20,)), keras.layers.Dense(30, name="a"), keras.layers.Dense(10, name="b")]),
-        **SET.layer_options)
+        **method.layer_options)
     model.compile("sgd", "mse")
-    method = SET(0.8, update_every=1)
     method.set_model(model)
     method.initialize_masks()
     # raw densities (20+30)/600 and (30+10)/300; one factor e with
@@ -88,7 +88,7 @@ def test_erk_makes_saturated_layers_dense():
 def hand_made(method):
     """One Dense(6 -> 1) with three active weights and planted slots."""
     model = tfsparse.prune(keras.Sequential([keras.Input((6,)), keras.layers.Dense(1, use_bias=False)]),
-                           **DSTEE.layer_options)
+                           **method.layer_options)
     model.compile(keras.optimizers.Adam(), "mse")
     model.optimizer.build(model.trainable_variables)
     weight = tfsparse.masked_weights(model)[0]
@@ -136,8 +136,8 @@ def test_c_zero_equals_rigl(mnist_subset):
     masks = []
     for method_class, kwargs in ((DSTEE, {"c": 0.0}), (RigL, {})):
         keras.utils.set_random_seed(1)
-        model = compiled(method=method_class)
         method = method_class(0.8, update_every=4, gradient_data=(data.x_train, data.y_train), **kwargs)
+        model = compiled(method)
         model.fit(data.x_train[:1280], data.y_train[:1280], batch_size=128, epochs=2, shuffle=False,
                   verbose=0, callbacks=[method])
         masks.append(method.masks())
@@ -148,8 +148,8 @@ def test_c_zero_equals_rigl(mnist_subset):
 
 def test_masks_and_counters_survive_keras_save_and_load(mnist_subset, tmp_path):
     data = mnist_subset
-    model = compiled()
     method = DSTEE(0.9, update_every=5, gradient_data=(data.x_train, data.y_train))
+    model = compiled(method)
     model.fit(data.x_train[:1280], data.y_train[:1280], batch_size=128, epochs=1, verbose=0, callbacks=[method])
     model.save(tmp_path / "dst.keras")
     loaded = keras.models.load_model(tmp_path / "dst.keras")
@@ -170,9 +170,10 @@ def test_clear_errors():
         SET(0.9, update_every=0)
     model = tfsparse.prune(small_mlp())  # without the counters
     model.compile("adam", LOSS)
-    with pytest.raises(ValueError, match=r"active_rounds.*tfsparse.prune\(model, \*\*SET.layer_options\)"):
+    with pytest.raises(ValueError, match=r"active_rounds.*tfsparse.prune\(model, \*\*method.layer_options\)` with this SET"):
         SET(0.9).set_model(model)
     x, y = np.zeros((64, 28, 28, 1), "float32"), np.zeros(64, "int32")
-    model = compiled(method=SET)
+    method = SET(0.9, update_every=10)
+    model = compiled(method)
     with pytest.raises(ValueError, match="never change"):
-        model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[SET(0.9, update_every=10)])
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[method])

@@ -24,7 +24,7 @@ def data():
     return x, y
 
 
-def compiled(inputs=64, method=DSTEE):
+def compiled(method, inputs=64):
     model = tfsparse.prune(keras.Sequential([
         keras.Input((inputs,)), keras.layers.Dense(32, activation="relu", name="fc1"),
         keras.layers.Dense(8, name="fc2"),
@@ -52,7 +52,7 @@ class MaskRecorder(keras.callbacks.Callback):
 
 def train(method, inputs=64, data=None, epochs=2):
     x, y = data
-    model = compiled(inputs, type(method))
+    model = compiled(method, inputs)
     recorder = MaskRecorder()
     # 16 steps per epoch, 32 in all: rounds every 4 steps up to 75 % (step 24) = 6 rounds.
     model.fit(x[:, :inputs], y, batch_size=32, epochs=epochs, verbose=0, callbacks=[method, recorder])
@@ -114,7 +114,7 @@ def test_block_dst_exports_block_encoded_fully_connected(data, tmp_path):
 def hand_made(method, pooling="avg"):
     """One Dense(16 -> 1), blocks 0 and 1 of 4 active, planted kernel, slots, counters and gradient."""
     model = tfsparse.prune(keras.Sequential([keras.Input((16,)), keras.layers.Dense(1, use_bias=False)]),
-                           **DSTEE.layer_options)
+                           **method.layer_options)
     model.compile(keras.optimizers.Adam(), "mse")
     model.optimizer.build(model.trainable_variables)
     weight = tfsparse.masked_weights(model)[0]
@@ -181,8 +181,8 @@ def test_bad_granularity_gives_clear_errors(data):
     with pytest.raises(ValueError, match="already has granularity 'block4x1'.*Received: granularity='2:4'"):
         SET(0.5, allocation=allocation.ERK(granularity="block4x1"), granularity="2:4")
     # Masks that are not whole blocks (made at another granularity) are not silently re-cut.
-    model = compiled(method=SET)
     method = SET(0.8, granularity="block4x1")
+    model = compiled(method)
     method.set_model(model)
     method.stop_step = 100
     for weight in tfsparse.masked_weights(model):

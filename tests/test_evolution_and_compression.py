@@ -7,8 +7,8 @@ import pytest
 
 import tfsparse
 from tfsparse import cli, compression
+from tfsparse.divergence import kl_divergence
 from tfsparse.methods import DirectedEvolution, magnitude_baseline
-from tfsparse.methods.evolution import kl_divergence
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

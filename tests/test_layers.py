@@ -7,7 +7,7 @@ import tfsparse
 from tfsparse import layers as masked_layers
 from tfsparse.mask_functions import StraightThroughScores
 from conftest import random_mask
-from tfsparse.surgery import _all_layers
+from tfsparse.surgery import all_layers, is_pruned
 
 L = keras.layers
 # (layer factory, input shape, integer inputs?)
@@ -64,11 +64,11 @@ def test_prune_keeps_outputs_and_strip_bakes_in_masks(name):
     randomize_masks(pruned)
     stripped = tfsparse.strip(pruned)
     assert type(stripped.layers[-1]) is type(model.layers[-1])
-    assert not any(masked_layers.is_masked(l) for l in _all_layers(stripped))
+    assert not is_pruned(stripped)
     masked_out = keras.ops.convert_to_numpy(pruned(x))
     np.testing.assert_allclose(stripped(x), masked_out, atol=1e-6, rtol=0)
     assert not np.allclose(masked_out, model(x))  # the masks did change the function
-    plain_layer = _all_layers(stripped)[_all_layers(pruned).index(layer)]
+    plain_layer = all_layers(stripped)[all_layers(pruned).index(layer)]
     for weight in tfsparse.masked_weights(pruned):
         baked = keras.ops.convert_to_numpy(getattr(plain_layer, weight.attr))
         expected = keras.ops.convert_to_numpy(weight.kernel) * keras.ops.convert_to_numpy(weight.mask)

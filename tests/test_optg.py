@@ -21,7 +21,7 @@ def sigmoid(x):
 
 def hand_made_layer():
     model = tfsparse.prune(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, use_bias=False)]),
-                           **OptG.layer_options)
+                           **OptG(0.5).layer_options)
     weight = tfsparse.masked_weights(model)[0]
     weight.kernel.assign(np.array([[1.0, -2.0], [0.5, 3.0], [-1.5, 0.25]], "float32"))
     weight.mask.assign(np.array([[1, 0], [1, 1], [0, 1]], "float32"))
@@ -61,7 +61,7 @@ def test_straight_through_gradients_and_the_score_sgd_step():
 
 
 def test_a_training_step_with_adam_applies_exactly_the_score_update(mnist_subset):
-    model = tfsparse.prune(models.lenet_300_100(), **OptG.layer_options)
+    model = tfsparse.prune(models.lenet_300_100(), **OptG(0.5).layer_options)
     model.compile(keras.optimizers.Adam(1e-3), LOSS)
     x, y = mnist_subset.x_train[:64], mnist_subset.y_train[:64]
     for weight in tfsparse.masked_weights(model):
@@ -87,10 +87,10 @@ class MaskRecorder(keras.callbacks.Callback):
 
 
 def test_schedule_global_top_k_and_mask_learning_rate_follow_the_formulas(mnist_subset):
-    model = tfsparse.prune(models.lenet_300_100(), **OptG.layer_options)
+    method, recorder = OptG(0.9), MaskRecorder()
+    model = tfsparse.prune(models.lenet_300_100(), **method.layer_options)
     learning_rate = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=10, decay_rate=0.5)
     model.compile(keras.optimizers.SGD(learning_rate, momentum=0.9), LOSS, metrics=["accuracy"])
-    method, recorder = OptG(0.9), MaskRecorder()
     steps_per_epoch = math.ceil(2000 / 100)
     model.fit(mnist_subset.x_train[:2000], mnist_subset.y_train[:2000], batch_size=100, epochs=6, verbose=0,
               callbacks=[method, recorder])
@@ -123,10 +123,11 @@ def test_pruned_weights_regrow_with_their_values_when_their_score_rises():
 
 
 def test_saved_model_keeps_scores_and_computes_the_same(mnist_subset, tmp_path):
-    model = tfsparse.prune(models.lenet_300_100(), **OptG.layer_options)
+    method = OptG(0.8)
+    model = tfsparse.prune(models.lenet_300_100(), **method.layer_options)
     model.compile(keras.optimizers.Adam(1e-3), LOSS)
     model.fit(mnist_subset.x_train[:512], mnist_subset.y_train[:512], batch_size=128, epochs=2, verbose=0,
-              callbacks=[OptG(0.8)])
+              callbacks=[method])
     model.save(tmp_path / "optg.keras")
     loaded = keras.models.load_model(tmp_path / "optg.keras")
     x = mnist_subset.x_test[:20]
@@ -143,7 +144,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match=r"epochs.*Received: epochs=0"):
         OptG(0.9, epochs=0)
     model = tfsparse.prune(models.lenet_300_100())
-    with pytest.raises(ValueError, match=r"ScoreSGD.*OptG.layer_options"):
+    with pytest.raises(ValueError, match=r"ScoreSGD.*optg.layer_options"):
         OptG(0.9).set_model(model)
 
 

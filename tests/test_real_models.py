@@ -11,7 +11,7 @@ from method_cases import CASES
 
 import tfsparse
 from tfsparse import layers as masked_layers
-from tfsparse.surgery import PruningCoverageWarning, _all_layers
+from tfsparse.surgery import PruningCoverageWarning, is_pruned
 
 L = keras.layers
 VOCAB, LENGTH = 40, 12
@@ -123,7 +123,7 @@ def test_every_weight_matrix_is_masked_and_strip_is_exact(build, x):
     np.testing.assert_array_equal(outputs(pruned, x), outputs(model, x))
     randomize_masks(pruned)
     stripped = tfsparse.strip(pruned)
-    assert not any(masked_layers.is_masked(layer) for layer in _all_layers(stripped))
+    assert not is_pruned(stripped)
     assert [type(l) for l in stripped.layers] == [type(l) for l in model.layers]
     np.testing.assert_allclose(outputs(stripped, x), outputs(pruned, x), atol=1e-5)
     assert not np.allclose(outputs(pruned, x), outputs(model, x))  # the nested masks act
@@ -244,7 +244,7 @@ def test_custom_layer_errors_name_the_layer_and_leave_the_model_unchanged():
         model = keras.Model(inputs, cls(5, name=cls.__name__.lower())(inputs))
         with pytest.raises(error, match=match):
             tfsparse.prune(model)
-        assert not any(masked_layers.is_masked(l) for l in _all_layers(model))
+        assert not is_pruned(model)
 
 
 @keras.saving.register_keras_serializable(package="tests")

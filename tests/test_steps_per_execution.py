@@ -78,7 +78,7 @@ def schedule_record(method, calls):
         # fraction; how many of them regrow at once depends on the weights.
         return [(h["step"], h["drop_fraction"], h["dropped"]) for h in method.history]
     if isinstance(method, methods.ASNI):
-        return method.log
+        return method.history
     if isinstance(method, methods.OptG):
         return [(h["epoch"], h["sparsity"]) for h in method.history]
     return [h["epoch"] for h in method.history]  # frozen weights: per-epoch records

@@ -1,8 +1,11 @@
 """tfsparse: pruning and sparse training for Keras 3."""
 
-from tfsparse import allocation, callbacks, datasets, export, layers, mask_functions, methods, models, schedules
+from tfsparse import (
+    allocation, callbacks, datasets, export, layers, mask_functions, methods, models, quantization, schedules,
+)
 from tfsparse.channel_graph import channel_groups
 from tfsparse.gradients import dense_gradients
+from tfsparse.quantization import quantize_aware
 from tfsparse.shrink import shrink
 from tfsparse.stats import sparsity, summary
 from tfsparse.surgery import PruningCoverageWarning, coverage, masked_weights, prune, strip

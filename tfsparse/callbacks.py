@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from tfsparse._utils import require
 from tfsparse.stats import layer_rows
 
 
@@ -12,12 +13,16 @@ class SparsitySummaries(keras.callbacks.Callback):
     The step of each point is the optimizer's iteration count, so it lines up
     with the loss curves of `keras.callbacks.TensorBoard` in the same log_dir.
 
+    Needs TensorBoard (`pip install 'tfsparse[tensorboard]'`): TensorFlow's
+    `tf.summary.scalar` comes from it.
+
     Args:
         log_dir: directory of the TensorBoard event files.
     """
 
     def __init__(self, log_dir):
         super().__init__()
+        require("tensorboard", "tensorboard", "SparsitySummaries")
         self.log_dir = str(log_dir)
         self._writer = None
 

@@ -17,11 +17,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if getattr(args, "offline", False):
         os.environ["TFSPARSE_OFFLINE"] = "1"
+    from tfsparse._utils import MissingDependencyError
+
     try:
         return args.handler(args, parser) or 0
-    # Errors about the user's input; anything else (a TypeError, say) is a bug
-    # and keeps its traceback.
-    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError) as error:
+    # Errors about the user's input or installation; anything else (a
+    # TypeError, say) is a bug and keeps its traceback.
+    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError, MissingDependencyError) as error:
         print(f"tfsparse: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

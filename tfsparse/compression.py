@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import lzma
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tfsparse import layers as masked_layers
-from tfsparse.surgery import _all_layers, strip
+from tfsparse._utils import write_atomically
+from tfsparse.divergence import kl_divergence
+from tfsparse.surgery import all_layers, is_pruned, strip
 
 MAGIC = b"TFSPZ"
 VERSION = 1
@@ -109,8 +109,6 @@ def search_bits(model, calibration_data, divergence_budget=0.01, method="kmeans"
     Returns:
         (bits: dict "<layer>/<variable>" -> bits, divergence of the joint model).
     """
-    from tfsparse.methods.evolution import kl_divergence
-
     plain = _plain_copy(model)
     reference = keras.ops.convert_to_numpy(plain(calibration_data, training=False))
     candidates = sorted(candidates, reverse=True)
@@ -213,9 +211,7 @@ def compress(model, path, bits=4, method="kmeans"):
     header = lzma.compress(json.dumps({"model": plain.to_json(), "variables": entries}).encode())
     body = MAGIC + struct.pack("<HI", VERSION, len(header)) + header + b"".join(streams)
     content = body + hashlib.sha256(body).digest()
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_bytes(content)
-    os.replace(temporary, path)
+    write_atomically(path, content)
     parameters = sum(int(np.prod(v.shape)) for _, v in _named_variables(plain))
     return CompressionReport(path=path, parameters=parameters, file_bytes=len(content),
                              header_bytes=len(header) + len(MAGIC) + 6 + 32,
@@ -257,7 +253,7 @@ def decompress(path):
 
 
 def _plain_copy(model):
-    if any(masked_layers.is_masked(layer) for layer in _all_layers(model)):
+    if is_pruned(model):
         return strip(model)
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
@@ -267,7 +263,7 @@ def _plain_copy(model):
 def _named_variables(model):
     """("<layer name>/<variable name>", variable) for every variable, each once."""
     named, seen = [], set()
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, keras.Model):
             continue
         for variable in layer.weights:

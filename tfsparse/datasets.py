@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tfsparse._utils import require
+
 logger = logging.getLogger("tfsparse.datasets")
 
 NAMES = ("mnist", "fashion_mnist", "cifar10")
@@ -253,7 +255,7 @@ def _download_with_tfds(name, data_dir, timeout=5.0):
 
 
 def _from_tfds(name, data_dir, download):
-    import tensorflow_datasets as tfds
+    tfds = require("tensorflow_datasets", "data", "Loading data with tensorflow-datasets")
 
     (x_train, y_train), (x_test, y_test) = tfds.as_numpy(
         tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True,

@@ -6,12 +6,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from tfsparse.stats import format_table  # noqa: E402
+from tfsparse._utils import finish_figure, new_figure
+from tfsparse.stats import format_table
 
 
 class OutputDirectory:
@@ -104,9 +100,12 @@ Data source: {result['data_source']}
 """
 
 
-def plot_training(history, path):
+def plot_training(history, path=None):
+    """Training and validation accuracy and the sparsity per epoch (a `fit`
+    history with the "sparsity" of `tfsparse.callbacks.SparsityLogger`);
+    returns the figure, saved to `path` when given."""
     epochs = range(1, len(history["loss"]) + 1)
-    fig, accuracy_axis = plt.subplots(figsize=(6, 3.5))
+    fig, accuracy_axis = new_figure(6, 3.5)
     for key, style in (("accuracy", "-"), ("val_accuracy", "--")):
         if key in history:
             accuracy_axis.plot(epochs, history[key], style, color="tab:blue", label=key)
@@ -117,13 +116,13 @@ def plot_training(history, path):
     sparsity_axis.set_ylabel("sparsity", color="tab:red")
     sparsity_axis.set_ylim(0, 1)
     accuracy_axis.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return finish_figure(fig, path)
 
 
-def plot_layers(rows, path):
-    fig, axis = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
+def plot_layers(rows, path=None):
+    """Sparsity per weight matrix (the rows of `tfsparse.stats.layer_rows`);
+    returns the figure, saved to `path` when given."""
+    fig, axis = new_figure(6, 0.4 * len(rows) + 1.2)
     names = [r["name"] for r in rows]
     axis.barh(names, [r["sparsity"] for r in rows], color="tab:red")
     axis.set_xlim(0, 1)
@@ -131,6 +130,4 @@ def plot_layers(rows, path):
     axis.invert_yaxis()
     for y, row in enumerate(rows):
         axis.text(min(row["sparsity"], 0.85) + 0.01, y, f"{row['nonzeros']}/{row['params']}", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return finish_figure(fig, path)

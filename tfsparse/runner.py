@@ -9,6 +9,7 @@ import time
 import keras
 
 from tfsparse import callbacks, datasets, methods, models, report, stats
+from tfsparse._utils import require
 from tfsparse.shrink import shrink
 from tfsparse.surgery import prune, strip
 
@@ -46,6 +47,7 @@ def run_job(
     Returns:
         The report as a dict.
     """
+    require("matplotlib.figure", "plot", "The run report's plots")  # before training, not after it
     method_class = None if method == DENSE else methods.get(method)
     if model not in models.BUILDERS:
         raise ValueError(f"Unknown model {model!r}. Available models: {sorted(models.BUILDERS)}")

@@ -7,7 +7,6 @@ import numpy as np
 
 from tfsparse import channel_graph as groups_lib
 from tfsparse import surgery
-from tfsparse.layers import is_masked
 
 L = keras.layers
 
@@ -47,7 +46,7 @@ def shrink(model, check=True):
             not aligned to channels: unstructured or block masks).
     """
     surgery._check_model(model, "model")
-    plain = surgery.strip(model) if any(is_masked(l) for l in surgery._all_layers(model)) else model
+    plain = surgery.strip(model) if surgery.is_pruned(model) else model
     groups = groups_lib.channel_groups(plain)
     keep = {id(group): _kept_channels(group) for group in groups.groups}
     removed = sum(g.size - len(keep[id(g)]) for g in groups.prunable)

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 
 from tfsparse import layers as masked_layers
-from tfsparse.surgery import _all_layers, _weight_matrices, coverage
+from tfsparse._utils import text_table
+from tfsparse.surgery import _weight_matrices, all_layers, coverage
 
 
 def _values(layer):
@@ -25,7 +26,7 @@ def layer_rows(model):
     is left dense, or None)."""
     reasons = {row["weight"]: row for row in coverage(model)}
     rows = []
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         values = _values(layer)
         for variable in _weight_matrices(layer):
             value = values[id(variable)]
@@ -90,14 +91,8 @@ def format_table(rows):
         for r in rows
     ]
     totals = _totals(rows)
-    lines.append(("total", "", "", str(totals["params"]), str(totals["nonzeros"]), f"{totals['sparsity']:.2%}") + (("",) if notes else ()))
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    def fmt(cells):
-        return "  ".join(
-            c.ljust(w) if i < 3 or i == 6 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
-    rule = "-" * len(fmt(header))
-    return "\n".join([fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])])
+    total = ("total", "", "", str(totals["params"]), str(totals["nonzeros"]), f"{totals['sparsity']:.2%}") + (("",) if notes else ())
+    return text_table(header, lines, total, left=(0, 1, 2, 6))
 
 
 def summary(model, print_fn=print):

@@ -64,8 +64,8 @@ def model_structures(model, paths):
 
 def add_column(table, header, values):
     """`table` (a `tfsparse.stats.format_table` text: header, rule, one line
-    per row, rule, total) with one more column on the right; `values` has
-    one entry per row, the total line gets none."""
+    per row, rule, total; lines without trailing spaces) with one more column
+    on the right; `values` has one entry per row, the total line gets none."""
     lines = table.split("\n")
     if len(lines) != len(values) + 4:
         raise ValueError(f"The table has {len(lines) - 4} rows, not {len(values)}. Received: {len(values)} values")
@@ -73,9 +73,9 @@ def add_column(table, header, values):
     head, rule, *rows = lines
     body, rule_end, total = rows[:-2], rows[-2], rows[-1]
     return "\n".join([
-        f"{head}  {header.ljust(width)}",
+        f"{head.ljust(len(rule))}  {header}",
         rule + "-" * (width + 2),
-        *(f"{line}  {value.ljust(width)}" for line, value in zip(body, values)),
+        *(f"{line.ljust(len(rule))}  {value}".rstrip() for line, value in zip(body, values)),
         rule_end + "-" * (width + 2),
         total,
     ])

@@ -86,7 +86,7 @@ def prune(model, layers=None, exclude=None, strict=False, inplace=False, **layer
     'MaskedDense'
     """
     _check_model(model, "model")
-    already = [layer.name for layer in _all_layers(model) if masked_layers.is_masked(layer)]
+    already = [layer.name for layer in all_layers(model) if masked_layers.is_masked(layer)]
     if already:
         raise ValueError(
             "`model` is already pruned: its layers "
@@ -104,7 +104,7 @@ def prune(model, layers=None, exclude=None, strict=False, inplace=False, **layer
             "with get_prunable_weights(), or pass strict=False to leave them dense."
         )
     target = model if inplace else _copy(model, keep_compile=True)
-    target_layers = _all_layers(target)
+    target_layers = all_layers(target)
     for index in plan["selected"]:
         masked_layers.mask_layer(target_layers[index], **layer_kwargs)
     if not inplace:  # in place, the model's first call checks it
@@ -155,7 +155,7 @@ def strip(model):
     """
     _check_model(model, "model")
     folded = {}  # id(variable) -> value in the plain model, or None to drop it
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if masked_layers.is_masked(layer):
             for variable in layer.masking_variables + _lora_variables(layer):
                 folded[id(variable)] = None
@@ -177,7 +177,7 @@ def masked_weights(model):
     (the `query` of two attention blocks) their full paths are used.
     """
     handles = []
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if masked_layers.is_masked(layer):
             handles.extend(layer.masked_weights)
     counts = collections.Counter(handle.name for handle in handles)
@@ -196,7 +196,7 @@ def coverage(model):
     recomputed as if the model were pruned with default arguments.
     """
     recorded = getattr(model, "_tfsparse_coverage", None)
-    if recorded is not None and any(masked_layers.is_masked(l) for l in _all_layers(model)):
+    if recorded is not None and is_pruned(model):
         return [dict(row) for row in recorded]
     return _plan(model, None, None)["rows"]
 
@@ -230,13 +230,19 @@ def _check_layer_kwargs(layer_kwargs):
         )
 
 
-def _all_layers(model):
+def all_layers(model):
     """Every layer in the model's tree (sublayers of layers included, nested
     models walked into but not listed), in a fixed order, each once."""
     return [
         layer for layer in model._flatten_layers(include_self=False, recursive=True)
         if not isinstance(layer, keras.Model)
     ]
+
+
+def is_pruned(model):
+    """True when any layer of the model's tree is masked (a model from
+    `prune`, before `strip`)."""
+    return any(masked_layers.is_masked(layer) for layer in all_layers(model))
 
 
 def _ancestors(model):
@@ -298,14 +304,14 @@ def _has_own_variables(layer):
 
 
 def _plan(model, layers, exclude):
-    """Which layers to mask (indices into `_all_layers`) and one coverage
+    """Which layers to mask (indices into `all_layers`) and one coverage
     row per weight matrix; raises when the selection is unusable."""
     include, excluded = _as_list(layers), _as_list(exclude)
     chains = _ancestors(model)
-    all_layers = _all_layers(model)
+    tree = all_layers(model)
     selected, rows, prunable_seen = [], [], []
     matched_by_include = set()
-    for index, layer in enumerate(all_layers):
+    for index, layer in enumerate(tree):
         chain = [l for l in chains.get(id(layer), []) if not isinstance(l, keras.Model)] + [layer]
         attrs = masked_layers.prunable_attributes(layer)
         in_include = not include or any(_matches(l, include) for l in chain)
@@ -339,7 +345,7 @@ def _plan(model, layers, exclude):
                 "params": int(keras.ops.size(variable)), "masked": row_reason is None,
                 "reason": row_reason,
             })
-    _check_selection(model, layers, exclude, include, all_layers, matched_by_include, prunable_seen, selected)
+    _check_selection(model, layers, exclude, include, tree, matched_by_include, prunable_seen, selected)
     return {"selected": selected, "rows": rows}
 
 
@@ -348,11 +354,11 @@ def _raw_variable(layer, attr):
     return layer.__dict__.get(slot)
 
 
-def _check_selection(model, layers, exclude, include, all_layers, matched, prunable, selected):
+def _check_selection(model, layers, exclude, include, tree, matched, prunable, selected):
     if include:
         unusable = [
             f"{layer.name} ({type(layer).__name__})"
-            for layer in all_layers
+            for layer in tree
             if id(layer) in matched and _has_own_variables(layer)
             and not masked_layers.prunable_attributes(layer)
         ]
@@ -370,7 +376,7 @@ def _check_selection(model, layers, exclude, include, all_layers, matched, pruna
                 "Prunable: Dense, EinsumDense, Conv*, DepthwiseConv*, SeparableConv*, "
                 "Embedding, SimpleRNN/GRU/LSTM cells (anywhere in the model), their "
                 "subclasses, and custom layers with get_prunable_weights(); the model "
-                f"has {sorted({type(l).__name__ for l in all_layers})}."
+                f"has {sorted({type(l).__name__ for l in tree})}."
             )
         raise ValueError(
             "The layer selection matches no prunable layer that is trainable. "
@@ -458,7 +464,7 @@ def _copy(model, plain=False, weights=None, keep_compile=False):
             f"tfsparse rebuilt '{model.name}' from its config but could not build it "
             "(no build config). Call the model on a batch before pruning, or pass inplace=True."
         )
-    old_layers, new_layers = _all_layers(model), _all_layers(copy)
+    old_layers, new_layers = all_layers(model), all_layers(copy)
     if [_base_name(l) for l in old_layers] != [_base_name(l) for l in new_layers]:
         raise ValueError(
             f"Rebuilding '{model.name}' from its config gave a different layer tree. "
@@ -579,7 +585,7 @@ def _base_name(layer):
 def _masked_classes_in(model):
     return {
         type(layer).__name__: type(layer)
-        for layer in _all_layers(model)
+        for layer in all_layers(model)
         if masked_layers.is_masked(layer)
     }
 

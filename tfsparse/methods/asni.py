@@ -18,14 +18,13 @@ Details follow the authors' code as described in the method notes:
 """
 
 import io
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import numpy as np
 
 from tfsparse import allocation, schedules
+from tfsparse._utils import finish_figure, new_figure, write_atomically
 from tfsparse.methods.base import PruningMethod, check_integer, register
 from tfsparse.surgery import masked_weights
 
@@ -58,6 +57,10 @@ class ASNI(PruningMethod):
     model.fit(x, y, batch_size=60, epochs=50,
               callbacks=[tfsparse.methods.ASNI(magnitude=0.98, scale=5)])
     ```
+
+    `history` holds, per epoch: the scheduled sparsity S(t), the sparsity
+    reached after the epoch and whether it pruned; `plot_schedule` draws
+    them.
     """
 
     cli_options = {
@@ -98,7 +101,7 @@ class ASNI(PruningMethod):
         self.min_increment = min_increment
         self.retrain_amenable = retrain_amenable
         self.schedule = None
-        self.log = []  # (epoch, scheduled S(t), sparsity after the epoch, pruned?)
+        self.history = []
 
     def on_train_begin(self, logs=None):
         total = self.total_epochs or self.params.get("epochs")
@@ -128,7 +131,8 @@ class ASNI(PruningMethod):
             self.assign_masks(allocation.Global().masks(scores, 1.0 - keep / total))
         masks = self.masks()
         sparsity = 1.0 - sum(int(m.sum()) for m in masks.values()) / sum(m.size for m in masks.values())
-        self.log.append((epoch, self.schedule(epoch), sparsity, fraction > 0))
+        self.history.append({"epoch": epoch, "scheduled_sparsity": self.schedule(epoch), "sparsity": sparsity,
+                             "pruned": fraction > 0})
 
     def finish(self, model, directory, retrain, evaluate):
         """Schedule plot; with `retrain_amenable`, the whole ASNI-II phase."""
@@ -196,12 +200,9 @@ class AmenableInit:
                 b_plus, b_minus, signs = self.biases[name]
                 arrays[f"bias_c_{i}"] = np.array([b_plus, b_minus], dtype=np.float32)
                 arrays[f"bias_signs_{i}"] = signs.astype(np.int8)
-        path = Path(path)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        temporary.write_bytes(buffer.getvalue())
-        os.replace(temporary, path)
+        write_atomically(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path):
@@ -287,42 +288,31 @@ def amenable_model(model, init):
     return fresh
 
 
-def plot_schedule(method, path):
-    """The scheduled S(t) and the sparsity actually reached, per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_schedule(method, path=None):
+    """The scheduled S(t) and the sparsity actually reached, per epoch, of a
+    trained `ASNI`; returns the figure, saved to `path` when given."""
     epochs = np.arange(method.schedule.total_epochs)
-    fig, axis = plt.subplots(figsize=(5.5, 3.2))
+    fig, axis = new_figure(5.5, 3.2)
     axis.plot(epochs, [method.schedule(e) for e in epochs], label="S(t) scheduled")
-    if method.log:
-        axis.plot([e for e, *_ in method.log], [s for _, _, s, _ in method.log], "o", markersize=3, label="reached")
+    if method.history:
+        axis.plot([h["epoch"] for h in method.history], [h["sparsity"] for h in method.history], "o",
+                  markersize=3, label="reached")
     axis.set_xlabel("epoch")
     axis.set_ylabel("sparsity")
     axis.set_ylim(0, 1)
     axis.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return finish_figure(fig, path)
 
 
-def plot_centroid_histograms(model, init, path):
-    """Per layer: histogram of the surviving ASNI-I weights, c_plus and c_minus marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_centroid_histograms(model, init, path=None):
+    """Per layer: histogram of the surviving ASNI-I weights, c_plus and
+    c_minus marked; returns the figure, saved to `path` when given."""
     handles = {w.name: w for w in masked_weights(model)}
-    fig, axes = plt.subplots(1, len(init.names), figsize=(3.2 * len(init.names), 2.8), squeeze=False)
+    fig, axes = new_figure(3.2 * len(init.names), 2.8, 1, len(init.names), squeeze=False)
     for axis, name in zip(axes[0], init.names):
         survivors = keras.ops.convert_to_numpy(handles[name].kernel)[init.masks[name]]
         axis.hist(survivors, bins=60, color="gray")
         for value, color in ((init.c_plus[name], "tab:red"), (init.c_minus[name], "tab:blue")):
             axis.axvline(value, color=color, linewidth=1.5)
         axis.set_title(f"{name}\nc+={init.c_plus[name]:.3f} c-={init.c_minus[name]:.3f}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return finish_figure(fig, path)

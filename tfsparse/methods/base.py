@@ -50,10 +50,6 @@ class PruningMethod(keras.callbacks.Callback):
 
     cli_options = {}
 
-    #: Keyword arguments that `tfsparse.prune` must give the masked layers
-    #: for this method (scores, scales, state variables, a mask function).
-    layer_options = {}
-
     @classmethod
     def from_cli(cls, target_sparsity, epochs, train_data, **options):
         """Builds the method from the CLI's sparsity, epochs, training data
@@ -74,6 +70,14 @@ class PruningMethod(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.masked_weights = []
+
+    @property
+    def layer_options(self):
+        """Keyword arguments that `tfsparse.prune` must give the masked layers
+        for this method (scores, scales, state variables, a mask function):
+        `tfsparse.prune(model, **method.layer_options)`. A method that needs
+        any overrides this property."""
+        return {}
 
     def set_model(self, model):
         super().set_model(model)
@@ -102,8 +106,8 @@ class PruningMethod(keras.callbacks.Callback):
                 raise ValueError(
                     f"{type(self).__name__} keeps {missing} in the masked layers, and "
                     f"layer '{layer.name}' has none. Prune for this method: "
-                    f"`tfsparse.prune(model, **{type(self).__name__}.layer_options)` "
-                    f"(that is `tfsparse.prune(model, {options})`)."
+                    f"`tfsparse.prune(model, **method.layer_options)` with this {type(self).__name__} "
+                    f"as `method` (that is `tfsparse.prune(model, {options})`)."
                 )
 
     def optimizer_step(self):

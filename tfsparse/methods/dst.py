@@ -72,6 +72,7 @@ import numpy as np
 
 from tfsparse import allocation as allocation_lib
 from tfsparse import schedules as schedules_lib
+from tfsparse._utils import finish_figure, new_figure
 from tfsparse.allocation import check_finite, keep_top_k
 from tfsparse.gradients import dense_gradients
 from tfsparse.methods.base import PruningMethod, UpdateSteps, check_integer, register
@@ -126,7 +127,10 @@ class DynamicSparseTraining(PruningMethod):
                             help="unit of pruning: weight, blockRxC (e.g. block4x1, block16x1, block4x1-max: "
                                  "LiteRT's sparse FULLY_CONNECTED blocks) or N:M (e.g. 2:4, target <= 1 - N/M)"),
     }
-    layer_options = {"state_names": (ACTIVE_ROUNDS,)}
+
+    @property
+    def layer_options(self):
+        return {"state_names": (ACTIVE_ROUNDS,)}
 
     @classmethod
     def from_cli(cls, target_sparsity, epochs, train_data, **options):
@@ -388,10 +392,10 @@ class DSTEE(DynamicSparseTraining):
     Example:
 
     ```python
-    model = tfsparse.prune(model, **DSTEE.layer_options)
+    dst_ee = DSTEE(0.95, gradient_data=(x, y))
+    model = tfsparse.prune(model, **dst_ee.layer_options)
     model.compile("adam", loss, metrics=["accuracy"])
-    model.fit(x, y, epochs=20,
-              callbacks=[DSTEE(0.95, gradient_data=(x, y))])
+    model.fit(x, y, epochs=20, callbacks=[dst_ee])
     ```
     """
 
@@ -474,15 +478,11 @@ class _RoundRecord:
         }
 
 
-def plot_coverage(history, path, title=""):
-    """Coverage (fraction of weights ever active) and the two score terms over steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+def plot_coverage(history, path=None, title=""):
+    """Coverage (fraction of weights ever active) and the two score terms
+    over steps; returns the figure, saved to `path` when given."""
     steps = [h["step"] for h in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    figure, (left, right) = new_figure(10, 3.5, 1, 2)
     left.plot(steps, [h["coverage"] for h in history])
     left.set(xlabel="step", ylabel="coverage (ever active)", title=f"{title} coverage")
     right.plot(steps, [h["exploitation"] for h in history], label="|grad| (exploitation)")
@@ -490,7 +490,4 @@ def plot_coverage(history, path, title=""):
         right.plot(steps, [h["exploration"] for h in history], label="c*sqrt(ln t/(N+eps)) (exploration)")
     right.set(xlabel="step", ylabel="mean over grown weights", yscale="log", title="grow-score terms")
     right.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
+    return finish_figure(figure, path)

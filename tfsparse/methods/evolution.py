@@ -40,18 +40,12 @@ import numpy as np
 
 from tfsparse import allocation as allocation_lib
 from tfsparse import compression, schedules
+from tfsparse._utils import check_batch_shape, finish_figure, new_figure
+from tfsparse.divergence import kl_divergence
 from tfsparse.methods.base import PruningMethod, check_integer, register
 from tfsparse.surgery import _check_model, masked_weights, prune, strip
 
 CALIBRATION_EXAMPLES = 1024
-
-
-def kl_divergence(teacher_logits, student_logits):
-    """Mean over examples of KL(softmax(teacher) || softmax(student)); the
-    last axis holds the logits, leading axes of the student are kept."""
-    teacher = keras.ops.log_softmax(keras.ops.convert_to_tensor(teacher_logits, "float32"), axis=-1)
-    student = keras.ops.log_softmax(keras.ops.convert_to_tensor(student_logits, "float32"), axis=-1)
-    return keras.ops.mean(keras.ops.sum(keras.ops.exp(teacher) * (teacher - student), axis=-1), axis=-1)
 
 
 class DirectedEvolution:
@@ -92,13 +86,8 @@ class DirectedEvolution:
                  divergence_budget=None, fine_tune_epochs=0, fine_tune_data=None, seed=0, verbose=1):
         _check_model(teacher, "teacher")
         self.layers = _chain(teacher)
-        expected = tuple(teacher.inputs[0].shape[1:])
         data = np.asarray(calibration_data, dtype=np.float32)
-        if data.ndim != len(expected) + 1 or any(e is not None and e != d for e, d in zip(expected, data.shape[1:])):
-            raise ValueError(
-                f"`calibration_data` must be a batch of inputs of shape (N, {', '.join(map(str, expected))}). "
-                f"Received: an array of shape {data.shape}"
-            )
+        check_batch_shape(data, teacher.inputs[0].shape[1:], "`calibration_data`")
         dense_names = [layer.name for layer in self.layers if type(layer) is keras.layers.Dense]
         if not dense_names:
             raise ValueError(f"`teacher` has no Dense layer to evolve. Layers: {[l.name for l in self.layers]}")
@@ -247,14 +236,10 @@ class DirectedEvolution:
                         keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
         student.fit(x, y, batch_size=128, epochs=self.fine_tune_epochs, verbose=self.verbose)
 
-    def plot_history(self, path):
-        """Layer sparsity and best divergence per cycle."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
-
-        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    def plot_history(self, path=None):
+        """Layer sparsity and best divergence per cycle; returns the figure,
+        saved to `path` when given."""
+        figure, (left, right) = new_figure(10, 3.5, 1, 2)
         for name in dict.fromkeys(h["layer"] for h in self.history):
             cycles = [h for h in self.history if h["layer"] == name]
             left.plot([h["cycle"] for h in cycles], [h["sparsity"] for h in cycles], label=name)
@@ -262,9 +247,7 @@ class DirectedEvolution:
         left.set(xlabel="cycle", ylabel="layer sparsity", title="directed evolution")
         right.set(xlabel="cycle", ylabel="best KL(teacher || student)", yscale="log", title="divergence")
         left.legend()
-        figure.tight_layout()
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
+        return finish_figure(figure, path)
 
 
 def magnitude_baseline(teacher, layer_sparsity):

@@ -40,6 +40,7 @@ import keras
 import numpy as np
 
 from tfsparse import allocation as allocation_lib
+from tfsparse._utils import finish_figure, new_figure
 from tfsparse.mask_functions import BernoulliMask, GumbelSoftmaxMask, ScoreSGD, set_learning_rate
 from tfsparse.methods.base import PruningMethod, UpdateSteps, check_integer, register
 
@@ -238,7 +239,6 @@ class EdgePopup(FrozenWeightsMethod):
         "keep_fraction": dict(type=float, default=0.5, help="fraction of each layer's weights kept"),
         "signed_constant": ASLP.cli_options["signed_constant"],
     }
-    layer_options = {"with_score": True, "mask_function": ScoreSGD(absolute=True)}
 
     def __init__(self, keep_fraction=0.5, update_every=1, **kwargs):
         super().__init__(**kwargs)
@@ -249,6 +249,10 @@ class EdgePopup(FrozenWeightsMethod):
         self.update_every = update_every
         self.allocation = allocation_lib.Uniform()
         self.update_steps = UpdateSteps(self, lambda step: step % self.update_every == 0, after_batch=False)
+
+    @property
+    def layer_options(self):
+        return {"with_score": True, "mask_function": ScoreSGD(absolute=True)}
 
     @classmethod
     def from_cli(cls, target_sparsity, epochs, train_data, **options):
@@ -282,17 +286,14 @@ class EdgePopup(FrozenWeightsMethod):
         self.assign_masks(self.allocation.masks(scores, 1.0 - self.keep_fraction), zero_pruned=False)
 
 
-def plot_history(history, path, title):
-    """Per-layer sparsity of the deterministic mask and learned scales, per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+def plot_history(history, path=None, title=""):
+    """Per-layer sparsity of the deterministic mask and learned scales, per
+    epoch (a frozen-weights method's `history`); returns the figure, saved
+    to `path` when given."""
     epochs = [h["epoch"] + 1 for h in history]
     names = list(history[0]["layers"])
     has_scales = history[0]["layers"][names[0]]["scale"] is not None
-    figure, axes = plt.subplots(1, 2 if has_scales else 1, figsize=(10 if has_scales else 5.5, 3.5), squeeze=False)
+    figure, axes = new_figure(10 if has_scales else 5.5, 3.5, 1, 2 if has_scales else 1, squeeze=False)
     for name in names:
         axes[0, 0].plot(epochs, [h["layers"][name]["sparsity"] for h in history], marker=".", label=name)
     axes[0, 0].plot(epochs, [h["sparsity"] for h in history], color="black", linewidth=2, label="all")
@@ -303,9 +304,7 @@ def plot_history(history, path, title):
             axes[0, 1].plot(epochs, [h["layers"][name]["scale"] for h in history], marker=".", label=name)
         axes[0, 1].set(xlabel="epoch", ylabel="learned scale", title="Smart Rescale per layer")
         axes[0, 1].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return finish_figure(figure, path)
 
 
 def _check_mask_function(method, expected):

@@ -32,9 +32,9 @@ import numpy as np
 
 from tfsparse import allocation as allocation_lib
 from tfsparse import schedules
+from tfsparse._utils import finish_figure, new_figure
 from tfsparse.mask_functions import ScoreSGD, set_learning_rate
 from tfsparse.methods.base import PruningMethod, check_integer, register
-
 
 
 @register(
@@ -57,9 +57,10 @@ class OptG(PruningMethod):
     Example:
 
     ```python
-    model = tfsparse.prune(model, **OptG.layer_options)
+    optg = OptG(0.95)
+    model = tfsparse.prune(model, **optg.layer_options)
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), loss, metrics=["accuracy"])
-    model.fit(x, y, epochs=30, callbacks=[OptG(0.95)])
+    model.fit(x, y, epochs=30, callbacks=[optg])
     ```
 
     `history` holds, per epoch: the applied sparsity, the mask learning
@@ -70,9 +71,6 @@ class OptG(PruningMethod):
     cli_options = {
         "beta": dict(type=float, default=1.0, help="steepness of OptG's sigmoid schedules"),
     }
-    # ScoreSGD keeps no state of its own (its variables live in each layer),
-    # so one instance can serve every layer and model.
-    layer_options = {"with_score": True, "mask_function": ScoreSGD()}
 
     def __init__(self, target_sparsity, epochs=None, beta=1.0):
         super().__init__()
@@ -92,6 +90,9 @@ class OptG(PruningMethod):
     def from_cli(cls, target_sparsity, epochs, train_data, **options):
         return cls(target_sparsity, epochs=epochs, **options)
 
+    @property
+    def layer_options(self):
+        return {"with_score": True, "mask_function": ScoreSGD()}
 
     def _check_layer_options(self):
         for weight in self.masked_weights:
@@ -99,7 +100,7 @@ class OptG(PruningMethod):
                 raise ValueError(
                     f"OptG trains scores through the ScoreSGD mask function, and layer "
                     f"'{weight.layer.name}' has mask_function={weight.layer.mask_function!r}. "
-                    "Prune for this method: `tfsparse.prune(model, **OptG.layer_options)` "
+                    "Prune for this method: `tfsparse.prune(model, **optg.layer_options)` "
                     "(that is `tfsparse.prune(model, with_score=True, "
                     "mask_function=tfsparse.methods.optg.ScoreSGD())`)."
                 )
@@ -144,15 +145,11 @@ class OptG(PruningMethod):
         return {"mask_flips_last_epoch": self.history[-1]["flip_fraction"]} if self.history else {}
 
 
-def plot_history(history, path):
-    """Sparsity and mask learning rate per epoch; fraction of mask flips per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+def plot_history(history, path=None):
+    """Sparsity and mask learning rate per epoch; fraction of mask flips per
+    epoch (an `OptG`'s `history`); returns the figure, saved to `path` when given."""
     epochs = [h["epoch"] for h in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    figure, (left, right) = new_figure(10, 3.5, 1, 2)
     left.plot(epochs, [h["sparsity"] for h in history], marker="o", label="sparsity s(e)")
     left.set(xlabel="epoch", ylabel="sparsity", title="OptG schedules")
     rate_axis = left.twinx()
@@ -162,6 +159,4 @@ def plot_history(history, path):
     rate_axis.legend(loc="lower right")
     right.bar(epochs, [h["flip_fraction"] for h in history])
     right.set(xlabel="epoch", ylabel="fraction of mask entries flipped", title="mask flips at each epoch start")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return finish_figure(figure, path)
