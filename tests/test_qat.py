@@ -260,3 +260,9 @@ def test_int8_export_refuses_a_file_with_float_ops(tmp_path):
     with pytest.raises(RuntimeError, match=r"converted with float ops \(FULLY_CONNECTED\).*Nothing was written"):
         export.to_tflite(qat, path, quantization="int8")
     assert not path.exists()
+
+
+def test_prune_refuses_a_quantizer_and_points_to_quantize_aware():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    with pytest.raises(TypeError, match="quantizer.*tfsparse.quantize_aware"):
+        tfsparse.prune(model, quantizer=tfsparse.quantization.FakeQuantInt8())

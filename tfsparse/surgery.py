@@ -216,6 +216,12 @@ def _check_model(model, argument):
 
 
 def _check_layer_kwargs(layer_kwargs):
+    if "quantizer" in layer_kwargs:
+        raise TypeError(
+            "`quantizer` is not a pruning argument: prune first, then make the pruned model "
+            "quantization-aware with tfsparse.quantize_aware(model). Received: "
+            f"quantizer={layer_kwargs['quantizer']!r}"
+        )
     unknown = sorted(set(layer_kwargs) - set(masked_layers.MASKING_CONFIG_KEYS))
     if unknown:
         raise TypeError(
