@@ -209,18 +209,12 @@ class MaskedLayerMixin:
         self._set_masking_options(with_score, with_scale, state_names, mask_function, quantizer)
 
     def _set_masking_options(self, with_score, with_scale, state_names, mask_function, quantizer=None):
-        if isinstance(mask_function, dict):
-            mask_function = keras.saving.deserialize_keras_object(mask_function)
-        if mask_function is not None and not isinstance(mask_function, MaskFunction):
-            raise TypeError(
-                "`mask_function` must be a tfsparse.mask_functions.MaskFunction "
-                f"or None. Received: mask_function={mask_function!r}"
-            )
+        mask_function = _option(mask_function, MaskFunction, "mask_function", "tfsparse.mask_functions.MaskFunction")
         self.with_score = bool(with_score)
         self.with_scale = bool(with_scale)
         self.state_names = tuple(state_names)
         self.mask_function = mask_function
-        self.quantizer = _checked_quantizer(quantizer)
+        self.quantizer = _option(quantizer, FakeQuantInt8, "quantizer", "tfsparse.fake_quant.FakeQuantInt8")
         self._gradient_probes = None
         self._checked_reads = False
 
@@ -400,15 +394,13 @@ class MaskedLayerMixin:
         return {**super().get_config(), **self.masking_config()}
 
 
-def _checked_quantizer(quantizer):
-    if isinstance(quantizer, dict):
-        quantizer = keras.saving.deserialize_keras_object(quantizer)
-    if quantizer is not None and not isinstance(quantizer, FakeQuantInt8):
-        raise TypeError(
-            "`quantizer` must be a tfsparse.fake_quant.FakeQuantInt8 or None. "
-            f"Received: quantizer={quantizer!r}"
-        )
-    return quantizer
+def _option(value, cls, argument, cls_name):
+    """A masking option object: deserialized from its config, then checked."""
+    if isinstance(value, dict):
+        value = keras.saving.deserialize_keras_object(value)
+    if value is not None and not isinstance(value, cls):
+        raise TypeError(f"`{argument}` must be a {cls_name} or None. Received: {argument}={value!r}")
+    return value
 
 
 def _descriptor(cls, attr):
@@ -594,7 +586,7 @@ def set_quantizer(layer, quantizer):
         raise ValueError(f"Layer '{layer.name}' is not masked. Received: {type(layer).__name__}")
     if layer.quantizer is not None:
         raise ValueError(f"Layer '{layer.name}' already has a quantizer: {layer.quantizer!r}")
-    layer.quantizer = _checked_quantizer(quantizer)
+    layer.quantizer = _option(quantizer, FakeQuantInt8, "quantizer", "tfsparse.fake_quant.FakeQuantInt8")
     with _adding_variables(layer):
         layer.quantizer.build(layer)
     return layer
