@@ -104,12 +104,10 @@ alternating one-epoch fits: time ratio {ratio:.3f} (median of {len(overhead["rat
 
 
 def plot(results, args, path):
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.5, 4))
+    figure = Figure(figsize=(6.5, 4))
+    axis = figure.subplots()
     for method, keep in RUNS:
         curves = [r["val_accuracy"] for r in results[(method, keep)]]
         medians = [common.median([c[e] for c in curves]) for e in range(len(curves[0]))]
@@ -119,7 +117,6 @@ def plot(results, args, path):
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 if __name__ == "__main__":

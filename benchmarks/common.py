@@ -22,7 +22,7 @@ RESULTS = HERE / "results"
 def export_data(name, path, max_train=None):
     """Writes the data set (float32 in [0, 1]) to an .npz for the workers."""
     sys.path.insert(0, str(HERE.parent))
-    from tfsparse import datasets
+    from tfsparse_app import datasets
 
     data = datasets.load(name, download=False, max_train=max_train)
     import numpy as np
@@ -106,13 +106,11 @@ def plot_accuracy(medians, sparsities, labels, title, path, reference=None, zoom
     and `reference` (e.g. the dense accuracy) as a dashed line. `zoom`
     (low, high) adds a second panel with that accuracy range, for when one
     method lies far below the others."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure
 
     panels = 2 if zoom else 1
-    figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels + 2.5, 4), squeeze=False)
+    figure = Figure(figsize=(4.5 * panels + 2.5, 4))
+    axes = figure.subplots(1, panels, squeeze=False)
     markers = "osD^v<>ph*"
     for axis in axes[0]:
         for index, (method, label) in enumerate(labels.items()):
@@ -126,7 +124,6 @@ def plot_accuracy(medians, sparsities, labels, title, path, reference=None, zoom
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def save_accuracy_results(name, text, medians, sparsities, labels, title):

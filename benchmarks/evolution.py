@@ -26,7 +26,8 @@ import keras  # noqa: E402
 import common  # noqa: E402
 import tfsparse  # noqa: E402
 from tfsparse import compression  # noqa: E402
-from tfsparse.methods import DirectedEvolution, magnitude_baseline  # noqa: E402
+from tfsparse.methods import DirectedEvolution  # noqa: E402
+from tfsparse_app import datasets, zoo  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 SPARSITIES = (0.5, 0.7, 0.9)
@@ -37,17 +38,22 @@ def accuracy(model, data):
     return 100 * model.evaluate(data.x_test, data.y_test, batch_size=1024, verbose=0)[1]
 
 
+def one_shot_magnitude(teacher, targets):
+    """`teacher` with each layer of `targets` (name -> sparsity) magnitude-pruned at once, no fine-tuning."""
+    return tfsparse.strip(tfsparse.prune_once(tfsparse.prune(teacher, layers=list(targets)), targets))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=1)
     args = parser.parse_args()
-    data = tfsparse.datasets.load("fashion_mnist", download=False)
+    data = datasets.load("fashion_mnist", download=False)
     calibration = data.x_train[:1024]
     runs = []
     for seed in range(args.seeds):
         keras.utils.set_random_seed(seed)
-        teacher = tfsparse.models.lenet_300_100(data.input_shape, data.num_classes)
+        teacher = zoo.lenet_300_100(data.input_shape, data.num_classes)
         teacher.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
         teacher.fit(data.x_train, data.y_train, batch_size=128, epochs=args.epochs, verbose=0)
         run = {"teacher": accuracy(teacher, data), "levels": {}}
@@ -57,7 +63,7 @@ def main():
             student = tfsparse.strip(evolution.run())
             seconds = time.perf_counter() - started
             run["levels"][sparsity] = {
-                "de": accuracy(student, data), "magnitude": accuracy(magnitude_baseline(teacher, sparsity), data),
+                "de": accuracy(student, data), "magnitude": accuracy(one_shot_magnitude(teacher, evolution.targets), data),
                 "seconds": seconds, "candidates_per_second": evolution.candidates_per_second,
                 "history": evolution.history,
             }
@@ -116,13 +122,11 @@ Goal (>= 40x): {"met" if report.ratio >= 40 else "missed"}.
 
 
 def plot(run, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure
 
     history = run["levels"][0.9]["history"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    figure = Figure(figsize=(10, 3.5))
+    left, right = figure.subplots(1, 2)
     offset = 0
     for name in dict.fromkeys(h["layer"] for h in history):
         cycles = [h for h in history if h["layer"] == name]
@@ -135,7 +139,6 @@ def plot(run, path):
     left.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import common  # noqa: E402
 import tfsparse  # noqa: E402
 from tfsparse import export  # noqa: E402
+from tfsparse_app import datasets, zoo  # noqa: E402
 
 VARIANTS = (
     ("dense float32", dict(sparse=False)),
@@ -67,7 +68,7 @@ def latency_ms(path, options, example, invokes):
 
 def trained_pruned(name, data, epochs):
     keras.utils.set_random_seed(0)
-    model = tfsparse.prune(tfsparse.models.get(name, data.input_shape, data.num_classes))
+    model = tfsparse.prune(zoo.get(name, data.input_shape, data.num_classes))
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     model.fit(data.x_train, data.y_train, batch_size=128, epochs=epochs, verbose=0,
@@ -117,8 +118,8 @@ def measure_xnnpack(invokes, tmp):
     keras.utils.set_random_seed(0)
     pruned = tfsparse.prune(mobilenet_like(), layers=export.xnnpack_sparse_layer)
     rng = np.random.default_rng(0)
-    for weight in tfsparse.masked_weights(pruned):
-        weight.mask.assign((rng.random(weight.shape) >= 0.8).astype("float32"))
+    weights = tfsparse.masked_weights(pruned)
+    tfsparse.masking.assign_masks(weights, {w.name: rng.random(w.shape) >= 0.8 for w in weights})
     example = rng.random((97, 97, 3), dtype=np.float32)
     result = {"layers": len(tfsparse.masked_weights(pruned))}
     for label, sparse in (("dense", False), ("sparse", True)):
@@ -136,7 +137,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--invokes", type=int, default=500)
     args = parser.parse_args()
-    data = tfsparse.datasets.load("fashion_mnist", download=False)
+    data = datasets.load("fashion_mnist", download=False)
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure_zoo(data, args.epochs, args.invokes, tmp)
         xnnpack = measure_xnnpack(args.invokes, tmp)
@@ -176,13 +177,11 @@ dense file {xnnpack["dense"]["bytes"]:,} bytes, {dense:.3f} ms; sparse file {xnn
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure
 
     models = sorted({r["model"] for r in rows})
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    axes = figure.subplots(1, 2)
     width = 0.8 / len(models)
     labels = [label for label, _ in VARIANTS]
     for i, model in enumerate(models):
@@ -196,7 +195,6 @@ def plot(rows, path):
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def _version(name):

@@ -16,12 +16,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-import common  # noqa: E402
+import common
 
 MODELS = ("lenet_300_100", "lenet5")
 
@@ -61,7 +58,8 @@ Goal (issue 2): tfsparse ratio <= 1.05 and not worse than tfmot's own ratio.
 """
     common.RESULTS.mkdir(exist_ok=True)
     (common.RESULTS / "overhead.md").write_text(text)
-    fig, axis = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2))
+    axis = fig.subplots()
     names = ["tfsparse (Keras 3)", "tfmot (tf_keras)"]
     for offset, name in zip((-0.2, 0.2), names):
         axis.bar([i + offset for i in range(len(MODELS))], [ratios[(m, name)] for m in MODELS], width=0.4, label=name)

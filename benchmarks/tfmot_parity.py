@@ -17,12 +17,9 @@ import json
 import tempfile
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-import common  # noqa: E402
+import common
 
 LIBRARIES = ("tfsparse", "tfmot")
 
@@ -86,7 +83,8 @@ Goal (issue 2): tfsparse within 0.5 points of tfmot (median).
     (common.RESULTS / "tfmot_parity.md").write_text(text)
     (common.RESULTS / "tfmot_parity.json").write_text(
         json.dumps({f"{t}/{lib}": runs for (t, lib), runs in results.items()}, indent=1))
-    fig, axis = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    axis = fig.subplots()
     for offset, lib in zip((-0.1, 0.1), LIBRARIES):
         for index, target in enumerate(args.targets):
             accuracies = [100 * r["accuracy"] for r in results[(target, lib)]]

@@ -180,14 +180,16 @@ def asni_job(job):
     init = asni.amenable_initialization(model)
     result["init_bytes"], result["dense_bytes"] = init.size_bytes(), init.dense_size_bytes()
     if job.get("plots"):  # the schedule reached and the surviving weights with c_plus / c_minus
-        asni.plot_schedule(method, Path(job["plots"]) / f"asni_{job['model']}_schedule.png")
-        asni.plot_centroid_histograms(model, init, Path(job["plots"]) / f"asni_{job['model']}_centroids.png")
+        from tfsparse_app import plots
+
+        directory = Path(job["plots"])
+        plots.plot_asni_schedule(method.schedule, method.history, directory / f"asni_{job['model']}_schedule.png")
+        plots.plot_asni2_centroids(model, init, directory / f"asni_{job['model']}_centroids.png")
     result["asni2"] = compile_fit_evaluate(asni.amenable_model(model, init), [])
     keras.utils.set_random_seed(job["seed"] + 1000)
     random_init = keras.models.clone_model(model)  # fresh random weights
-    for source, target in zip(tfsparse.masked_weights(model), tfsparse.masked_weights(random_init)):
-        target.mask.assign(source.mask)
-        target.kernel.assign(target.kernel * source.mask)
+    tfsparse.masking.assign_masks(tfsparse.masked_weights(random_init),
+                                  tfsparse.masking.masks(tfsparse.masked_weights(model)))
     result["random_same_mask"] = compile_fit_evaluate(random_init, [])
     return result
 
@@ -198,7 +200,8 @@ def dst_method(tfsparse, job, x, y, total_steps):
         options["gradient_data"] = (x, y)
     if job["method"] == "dst-ee":
         options["c"] = job["c"]
-    return tfsparse.methods.get(job["method"])(job["sparsity"], **options)
+    classes = {"dst-ee": tfsparse.methods.DSTEE, "rigl": tfsparse.methods.RigL, "set": tfsparse.methods.SET}
+    return classes[job["method"]](job["sparsity"], **options)
 
 
 def make_method(tfsparse, job, x, y, total_steps):

@@ -320,8 +320,7 @@ def random_masks(pruned, density=0.5, seed=0):
 
     rng = np.random.default_rng(seed)
     handles = tfsparse.masked_weights(pruned)
-    for handle in handles:
-        handle.mask.assign((rng.random(tuple(handle.mask.shape)) < density).astype("float32"))
+    tfsparse.masking.assign_masks(handles, {h.name: rng.random(h.shape) < density for h in handles})
     return len(handles)
 
 
@@ -719,14 +718,12 @@ Input sizes and notes:
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure
 
     names = [r["name"] for r in rows]
     positions = np.arange(len(rows))[::-1]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 2 + 0.24 * len(rows)), sharey=True)
+    figure = Figure(figsize=(15, 2 + 0.24 * len(rows)))
+    axes = figure.subplots(1, 3, sharey=True)
     ratio = [r.get("train_step", {}).get("ratio", np.nan) if "error" not in r else np.nan for r in rows]
     low = [r.get("train_step", {}).get("ratio_min", np.nan) if "error" not in r else np.nan for r in rows]
     high = [r.get("train_step", {}).get("ratio_max", np.nan) if "error" not in r else np.nan for r in rows]
@@ -751,7 +748,6 @@ def plot(rows, path):
         axis.set_ylim(-0.7, len(rows) - 0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
-    plt.close(figure)
 
 
 def _versions():

@@ -36,9 +36,10 @@ import keras
 import numpy as np
 import tfsparse
 from IPython.display import Image
+from tfsparse_app import datasets, zoo
 
 # tensorflow-datasets on Colab; offline: local files (Debian's Fashion-MNIST, ~/.keras/datasets)
-data = tfsparse.datasets.load("fashion_mnist", max_train=MAX_TRAIN, max_test=2000 if SMALL else None)
+data = datasets.load("fashion_mnist", max_train=MAX_TRAIN, max_test=2000 if SMALL else None)
 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 print(data.source, data.x_train.shape)'''
 
@@ -49,7 +50,7 @@ pruning library, only accepts legacy Keras 2 (`tf_keras`) models. This notebook 
 Fashion-MNIST to 90 % zeros with gradual magnitude pruning (Zhu & Gupta, "To prune, or not to prune",
 arXiv:1710.01878, the method tfmot implements), compares with tfmot on the same recipe, then strips,
 saves and exports the model to TFLite.''', "1 if SMALL else 8", [
-        '''model = tfsparse.prune(tfsparse.models.lenet_300_100())   # masked copy: outputs unchanged
+        '''model = tfsparse.prune(zoo.lenet_300_100())   # masked copy: outputs unchanged
 model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
 pruning = tfsparse.methods.MagnitudePruning(target_sparsity=0.9, frequency=10 if SMALL else 100)  # tfmot's schedule
 model.fit(data.x_train, data.y_train, batch_size=128, epochs=EPOCHS, verbose=2, callbacks=[pruning])
@@ -89,20 +90,22 @@ epoch t, global magnitude pruning brings the network to S(t) = M sigmoid((t - T/
 the trained sparse network and keeps only its mask, the signs of the surviving weights and **two
 numbers per layer** (the mean of the positive and of the negative survivors): that tiny
 initialization retrains to the accuracy of ASNI-I.''', "5 if SMALL else 20", [
-        '''from tfsparse.methods import ASNI, amenable_initialization, amenable_model
-from tfsparse.methods.asni import plot_centroid_histograms, plot_schedule
+        '''from pathlib import Path
+
+from tfsparse.methods import ASNI, amenable_initialization, amenable_model
+from tfsparse_app.plots import plot_asni2_centroids, plot_asni_schedule
 
 keras.utils.set_random_seed(0)
-model = tfsparse.prune(tfsparse.models.lenet_300_100())
+model = tfsparse.prune(zoo.lenet_300_100())
 model.compile(keras.optimizers.Adam(1.2e-4), loss, metrics=["accuracy"])
 asni = ASNI(target_sparsity=0.9, scale=EPOCHS / 25)   # M derived so the reported network has 0.9
 model.fit(data.x_train, data.y_train, batch_size=60, epochs=EPOCHS, verbose=2, callbacks=[asni])
 print("ASNI-I:", model.evaluate(data.x_test, data.y_test, verbose=0)[1], "sparsity", tfsparse.sparsity(model))
-plot_schedule(asni, "schedule.png"); Image("schedule.png")''',
+plot_asni_schedule(asni.schedule, asni.history, "schedule.png"); Image("schedule.png")''',
         '''init = amenable_initialization(model)
-init.save("asni2_init.npz")
+Path("asni2_init.npz").write_bytes(init.to_bytes())
 print(f"ASNI-II initialization: {init.size_bytes():,} bytes vs {init.dense_size_bytes():,} bytes of dense float32 kernels")
-plot_centroid_histograms(model, init, "centroids.png"); Image("centroids.png")''',
+plot_asni2_centroids(model, init, "centroids.png"); Image("centroids.png")''',
         '''second = amenable_model(model, init)        # fresh copy: survivors set to c_plus / c_minus by sign
 second.compile(keras.optimizers.Adam(1.2e-4), loss, metrics=["accuracy"])
 second.fit(data.x_train, data.y_train, batch_size=60, epochs=EPOCHS, verbose=2)
@@ -122,7 +125,7 @@ for method_class in (DSTEE, RigL, SET):
     keras.utils.set_random_seed(0)
     extra = {} if method_class is SET else {"gradient_data": (data.x_train, data.y_train)}
     method = method_class(0.95, update_every=5 if SMALL else 100, **extra)
-    model = tfsparse.prune(tfsparse.models.lenet_300_100(), **method.layer_options)
+    model = tfsparse.prune(zoo.lenet_300_100(), **method.layer_options)
     model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     model.fit(data.x_train, data.y_train, batch_size=128, epochs=EPOCHS, verbose=0, callbacks=[method])
     runs[method_class.__name__] = method.history
@@ -140,18 +143,18 @@ A randomly initialized network, never trained, contains subnetworks that classif
 logit per weight and samples hard masks with the straight-through Gumbel-softmax; a learned scale per
 layer ("Smart Rescale") compensates for the pruned weights. No sparsity target: it emerges.''', "2 if SMALL else 15", [
         '''from tfsparse.methods import ASLP
-from tfsparse.methods.frozen import plot_history
+from tfsparse_app.plots import plot_frozen_history
 
 keras.utils.set_random_seed(0)
 aslp = ASLP()
-model = tfsparse.prune(tfsparse.models.lenet_300_100(), **aslp.layer_options)
+model = tfsparse.prune(zoo.lenet_300_100(), **aslp.layer_options)
 model.compile("sgd", loss, metrics=["accuracy"])   # the weights are frozen: only logits and scales learn
 model.fit(data.x_train, data.y_train, batch_size=256, epochs=EPOCHS, verbose=2, callbacks=[aslp])
 final = tfsparse.strip(model)                      # keep logit >= 0, fold in the scales
 final.compile(loss=loss, metrics=["accuracy"])
 print("subnetwork test accuracy", final.evaluate(data.x_test, data.y_test, verbose=0)[1],
       "sparsity", tfsparse.sparsity(final))''',
-        '''plot_history(aslp.history, "aslp.png", "ASLP"); Image("aslp.png")''',
+        '''plot_frozen_history(aslp.history, "aslp.png", "ASLP"); Image("aslp.png")''',
     ]),
     "05_directed_evolution": ("Directed Evolution and compression", '''
 **Directed Evolution** (Franca-Neto, arXiv:2206.05859; only the abstract is public, the details here
@@ -159,17 +162,18 @@ are tfsparse's design) prunes a *trained* network: candidate sets of weights are
 screened by how much the student's outputs diverge from the teacher's; the best set is committed. Then
 the survivors are quantized to a few bits per layer and losslessly encoded.''', "1 if SMALL else 8", [
         '''from tfsparse import compression
-from tfsparse.methods import DirectedEvolution, magnitude_baseline
+from tfsparse.methods import DirectedEvolution
 
 keras.utils.set_random_seed(0)
-teacher = tfsparse.models.lenet_300_100()
+teacher = zoo.lenet_300_100()
 teacher.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
 teacher.fit(data.x_train, data.y_train, batch_size=128, epochs=EPOCHS, verbose=0)
 evolution = DirectedEvolution(teacher, data.x_train[:1024], layer_sparsity=0.5 if SMALL else 0.8,
                               candidate_fraction=0.1 if SMALL else 0.02, verbose=0)
 student = tfsparse.strip(evolution.run())
 for name, model in (("teacher", teacher), ("DE student", student),
-                    ("one-shot magnitude", magnitude_baseline(teacher, evolution.targets))):
+                    ("one-shot magnitude", tfsparse.strip(tfsparse.prune_once(
+                        tfsparse.prune(teacher, layers=list(evolution.targets)), evolution.targets)))):
     model.compile(loss=loss, metrics=["accuracy"])
     print(f"{name:20s} {model.evaluate(data.x_test, data.y_test, verbose=0)[1]:.4f}")
 print(f"{evolution.candidates_per_second:.0f} candidate sets screened per second")''',
@@ -187,15 +191,15 @@ straight-through gradient g * W (a running estimate of the loss change if the we
 at each epoch start, keeps the top scores globally. Sparsity and the scores' learning rate follow a
 sigmoid around mid-training; pruned weights can come back.''', "2 if SMALL else 12", [
         '''from tfsparse.methods import OptG
-from tfsparse.methods.optg import plot_history
+from tfsparse_app.plots import plot_optg_history
 
 keras.utils.set_random_seed(0)
 optg = OptG(0.95)
-model = tfsparse.prune(tfsparse.models.lenet_300_100(), **optg.layer_options)
+model = tfsparse.prune(zoo.lenet_300_100(), **optg.layer_options)
 model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss, metrics=["accuracy"])
 model.fit(data.x_train, data.y_train, batch_size=128, epochs=EPOCHS, verbose=2, callbacks=[optg])
 print("test accuracy", model.evaluate(data.x_test, data.y_test, verbose=0)[1], "sparsity", tfsparse.sparsity(model))''',
-        '''plot_history(optg.history, "optg.png"); Image("optg.png")''',
+        '''plot_optg_history(optg.history, "optg.png"); Image("optg.png")''',
     ]),
     "07_mobile_export": ("From pruned model to mobile: TFLite / LiteRT", '''
 `tfsparse.export.to_tflite` converts a pruned model with TFLite's sparse weight encoding and the
@@ -203,7 +207,7 @@ quantization you ask for, then runs the file in the LiteRT interpreter and compa
 before writing it. It also tells you which interpreter configuration runs it: sparse int8 files do
 not run under LiteRT's default XNNPACK delegate here and fall back to the builtin kernels.''', "1 if SMALL else 8", [
         '''keras.utils.set_random_seed(0)
-model = tfsparse.prune(tfsparse.models.lenet_300_100())
+model = tfsparse.prune(zoo.lenet_300_100())
 model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
 model.fit(data.x_train, data.y_train, batch_size=128, epochs=EPOCHS, verbose=0,
           callbacks=[tfsparse.methods.MagnitudePruning(0.9, frequency=10 if SMALL else 100)])

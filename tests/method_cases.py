@@ -12,6 +12,7 @@ import numpy as np
 
 import tfsparse
 from tfsparse import methods
+from tfsparse_app import zoo
 
 EPOCHS = 4
 BATCH_SIZE = 64
@@ -47,7 +48,7 @@ def build(name, x, y, optimizer=None, jit_compile="auto"):
     """The method and a compiled LeNet-300-100 pruned for it (seeded)."""
     keras.utils.set_random_seed(0)
     method = CASES[name](x, y)
-    model = tfsparse.prune(tfsparse.models.lenet_300_100(INPUT_SHAPE, 10), **method.layer_options)
+    model = tfsparse.prune(zoo.lenet_300_100(INPUT_SHAPE, 10), **method.layer_options)
     model.compile(
         optimizer or keras.optimizers.Adam(1e-3),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),

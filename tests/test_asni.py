@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import tfsparse
-from tfsparse import models
+from tfsparse.masking import optimizer_slots
 from tfsparse.methods import ASNI, AmenableInit, amenable_initialization, amenable_model
-from tfsparse.methods.asni import plot_centroid_histograms, plot_schedule
-from tfsparse.methods.base import optimizer_slots
+from tfsparse_app import zoo
+from tfsparse_app.plots import plot_asni2_centroids, plot_asni_schedule
 
 
 def sigmoid(x):
@@ -68,7 +68,7 @@ def test_one_global_threshold_across_layers():
     lambda: keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=5e-4),
 ])
 def test_pruned_weights_stay_zero_and_masks_only_shrink(mnist_subset, optimizer):
-    model = tfsparse.prune(models.lenet_300_100())
+    model = tfsparse.prune(zoo.lenet_300_100())
     model.compile(optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     method = ASNI(target_sparsity=0.8, scale=0.4)
 
@@ -116,21 +116,19 @@ def test_c_plus_and_c_minus_on_a_hand_made_kernel():
     np.testing.assert_allclose(quantized.get_layer("d").bias.numpy(), [0.3, -0.5])
 
 
-def test_artifact_round_trip_size_and_corruption(tmp_path):
+def test_artifact_round_trip_size_and_corruption():
     init = amenable_initialization(hand_made_model(), quantize_biases=True)
-    init.save(tmp_path / "init.npz")
-    loaded = AmenableInit.load(tmp_path / "init.npz")
+    loaded = AmenableInit.from_bytes(init.to_bytes())
     assert loaded.names == init.names and loaded.c_plus == init.c_plus and loaded.c_minus == init.c_minus
     np.testing.assert_array_equal(loaded.masks["d/kernel"], init.masks["d/kernel"])
     np.testing.assert_array_equal(loaded.positive["d/kernel"], init.positive["d/kernel"])
     np.testing.assert_array_equal(loaded.biases["d/kernel"][2], [1, -1])
-    (tmp_path / "bad.npz").write_bytes((tmp_path / "init.npz").read_bytes()[:50])
-    with pytest.raises(ValueError, match="not a valid ASNI-II initialization"):
-        AmenableInit.load(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="`data` is not an ASNI-II initialization"):
+        AmenableInit.from_bytes(init.to_bytes()[:50])
 
 
 def test_asni2_on_mnist_trains_and_is_tiny(mnist_subset, tmp_path):
-    model = tfsparse.prune(models.lenet_300_100())
+    model = tfsparse.prune(zoo.lenet_300_100())
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(keras.optimizers.Adam(1e-3), loss)
     method = ASNI(target_sparsity=0.9, scale=0.4)
@@ -142,6 +140,21 @@ def test_asni2_on_mnist_trains_and_is_tiny(mnist_subset, tmp_path):
     history = second.fit(mnist_subset.x_train, mnist_subset.y_train, batch_size=100, epochs=3, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert tfsparse.sparsity(second) == pytest.approx(tfsparse.sparsity(model), abs=1e-6)  # mask fixed
-    plot_schedule(method, tmp_path / "schedule.png")
-    plot_centroid_histograms(model, init, tmp_path / "centroids.png")
+    plot_asni_schedule(method.schedule, method.history, tmp_path / "schedule.png")
+    plot_asni2_centroids(model, init, tmp_path / "centroids.png")
     assert (tmp_path / "schedule.png").stat().st_size > 1000 and (tmp_path / "centroids.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("epochs", [6, 8])
+def test_default_scale_reaches_the_target_on_a_short_budget(epochs):
+    """`tfsparse run --method asni --sparsity 0.95 --epochs 8` used to stop
+    with "cannot be reached" (k = 5 needs ~34 epochs); k now fits the budget."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(256, 20)).astype("float32"), rng.integers(0, 3, 256)
+    model = tfsparse.prune(keras.Sequential([keras.Input((20,)), keras.layers.Dense(64), keras.layers.Dense(3)]))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    method = ASNI(target_sparsity=0.95)
+    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[method])
+    assert method.schedule.scale == pytest.approx(tfsparse.schedules.Sigmoid.default_scale(epochs, 0.95))
+    assert method.history[epochs - 2]["sparsity"] == pytest.approx(0.95, abs=0.002)
+    assert tfsparse.sparsity(model) == pytest.approx(0.95, abs=0.002)

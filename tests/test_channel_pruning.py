@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import tfsparse
-from tfsparse import models
 from tfsparse.methods import ChannelPruning
 from tfsparse.shrink import ShrinkWarning
+from tfsparse_app import zoo
 
 L = keras.layers
 APPLICATIONS = {
@@ -154,7 +154,7 @@ def test_concatenate_offsets_and_flatten_repeats_index_the_right_rows():
 
 def test_channel_pruning_trains_group_aligned_masks_that_shrink_and_export(tmp_path, mnist_subset):
     data = mnist_subset
-    model = tfsparse.prune(models.lenet5(data.input_shape, 10))
+    model = tfsparse.prune(zoo.lenet5(data.input_shape, 10))
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     method = ChannelPruning(0.5, frequency=10, criterion="l1")
     model.fit(data.x_train[:2048], data.y_train[:2048], batch_size=64, epochs=2, callbacks=[method], verbose=0)
@@ -201,7 +201,7 @@ def test_penalties_shrink_what_they_penalize(penalty, measure):
 
 
 def test_shrink_refuses_masks_that_are_not_channel_aligned():
-    model = tfsparse.prune(models.lenet_300_100((28, 28, 1), 10))
+    model = tfsparse.prune(zoo.lenet_300_100((28, 28, 1), 10))
     method = tfsparse.methods.MagnitudePruning(0.5)
     method.set_model(model)
     method.update_masks(0.5)

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from tfsparse import cli, report, runner
+from tfsparse_app import cli, report, runner
 
 
 def run_cli(argv, capsys):

@@ -3,7 +3,7 @@ import gzip
 import numpy as np
 import pytest
 
-from tfsparse import datasets, models
+from tfsparse_app import datasets, zoo
 
 
 def write_idx(path, array):
@@ -103,7 +103,7 @@ def test_full_fashion_mnist_from_debian():
     ("resnet20", (32, 32, 3), 272_474),
 ])
 def test_zoo_models_have_the_published_sizes(name, shape, params):
-    model = models.get(name, shape, 10)
+    model = zoo.get(name, shape, 10)
     assert model.output_shape == (None, 10)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert trainable == params
@@ -111,13 +111,13 @@ def test_zoo_models_have_the_published_sizes(name, shape, params):
 
 def test_unknown_model_lists_choices():
     with pytest.raises(ValueError, match=r"Unknown model 'vgg99'.*lenet5"):
-        models.get("vgg99", (28, 28, 1))
+        zoo.get("vgg99", (28, 28, 1))
 
 
 def test_a_download_without_network_is_refused_at_once(monkeypatch):
     """tensorflow-datasets retries a download for minutes; one connection
     attempt decides first (a closed local port stands for no network)."""
-    from tfsparse import datasets
+    from tfsparse_app import datasets
 
     monkeypatch.setattr(datasets, "DOWNLOAD_HOST", ("127.0.0.1", 1))
     called = []

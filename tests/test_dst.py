@@ -1,11 +1,13 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
 
 import tfsparse
 from tfsparse import allocation
+from tfsparse.masking import optimizer_slots
 from tfsparse.methods import DSTEE, SET, RigL
-from tfsparse.methods.base import optimizer_slots
 from tfsparse.methods.dst import ACTIVE_ROUNDS
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -111,7 +113,7 @@ def hand_made(method):
 ])
 def test_grow_score_picks_the_expected_weight(method, grown_index):
     model, weight = hand_made(method)
-    method.update_masks(step=100)  # drop fraction 0.15 * (1 + cos(0.1 pi)) of 3 -> 1 weight
+    method.update(step=100)  # drop fraction 0.15 * (1 + cos(0.1 pi)) of 3 -> 1 weight
     mask = keras.ops.convert_to_numpy(weight.mask).ravel()
     expected = np.zeros(6)
     expected[[0, 2, grown_index]] = 1  # weight 1 (|0.1|) is dropped
@@ -177,3 +179,25 @@ def test_clear_errors():
     model = compiled(method)
     with pytest.raises(ValueError, match="never change"):
         model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[method])
+
+
+def test_too_few_mask_updates_are_said_with_settings_that_give_enough():
+    from tfsparse.methods import BudgetWarning
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(640, 16)).astype("float32"), rng.integers(0, 4, 640)
+
+    def fit(**options):
+        method = SET(0.8, **options)
+        model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32), keras.layers.Dense(4)])
+        model = tfsparse.prune(model, **method.layer_options)
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, batch_size=32, epochs=5, verbose=0, callbacks=[method])  # 100 steps
+        return [str(w.message) for w in caught if issubclass(w.category, BudgetWarning)]
+
+    (message,) = fit(update_every=25)  # rounds at steps 25, 50, 75 (stop at 75)
+    assert "changes the masks 3 time(s)" in message and "update_every <= 7" in message
+    assert "at least 333 training steps" in message
+    assert fit(update_every=7) == []  # the advice: 10 rounds by step 75

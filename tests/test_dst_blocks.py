@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 import tfsparse
-from tfsparse import allocation, cli, structure, tflite_tensors
+from tfsparse import allocation, structure, tflite_tensors
+from tfsparse.masking import optimizer_slots
 from tfsparse.methods import DSTEE, SET, RigL
-from tfsparse.methods.base import optimizer_slots
 from tfsparse.methods.dst import ACTIVE_ROUNDS
+from tfsparse_app import cli, recipes
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 BLOCK = allocation.Block((4, 1))
@@ -140,7 +141,7 @@ def hand_made(method, pooling="avg"):
 ])
 def test_block_grow_score_and_reset(method, dropped, grown):
     model, weight = hand_made(method)
-    method.update_masks(step=100)  # drop fraction 0.15 * (1 + cos(0.1 pi)) of 2 blocks -> 1 block
+    method.update(step=100)  # drop fraction 0.15 * (1 + cos(0.1 pi)) of 2 blocks -> 1 block
     expected = np.zeros(4)
     expected[[1 - dropped, grown]] = 1
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight.mask).ravel(), np.repeat(expected, 4))
@@ -188,7 +189,7 @@ def test_bad_granularity_gives_clear_errors(data):
     for weight in tfsparse.masked_weights(model):
         weight.mask.assign((np.random.default_rng(0).random(weight.shape) < 0.2).astype("float32"))
     with pytest.raises(ValueError, match=r"'fc1/kernel' does not have the structure.*Received: granularity='block4x1'"):
-        method.update_masks(step=4)
+        method.update(step=4)
 
 
 def test_cli_takes_granularity_for_dst():
@@ -198,6 +199,10 @@ def test_cli_takes_granularity_for_dst():
         assert args.granularity == "block4x1-max"
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "--method", "set", "--out", "x", "--granularity", "3x3"])
-    method = SET.from_cli(0.8, 2, None, granularity="block16x1")
+
+    def built(name, sparsity, **options):
+        return recipes.get(name).build(recipes.Job(sparsity, 2, options, (None, None), None, None, None))
+
+    method = built("set", 0.8, granularity="block16x1")
     assert method.granularity == allocation.Block((16, 1)) and method.allocation.granularity == method.granularity
-    assert RigL.from_cli(0.5, 2, (None, None), granularity="2:4").granularity == allocation.NM(2, 4)
+    assert built("rigl", 0.5, granularity="2:4").granularity == allocation.NM(2, 4)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import tfsparse
-from tfsparse import cli, compression
+from tfsparse import compression
 from tfsparse.divergence import kl_divergence
-from tfsparse.methods import DirectedEvolution, magnitude_baseline
+from tfsparse.methods import DirectedEvolution
+from tfsparse_app import cli, recipes
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -70,7 +71,7 @@ def test_evolution_reaches_each_target_exactly_and_beats_one_shot_magnitude(teac
     np.testing.assert_array_equal(student.get_layer("fc1").bias.numpy(), teacher.get_layer("fc1").bias.numpy())
     assert evolution.candidates_screened > 0 and evolution.candidates_per_second > 0
     assert evolution.history[-1]["layer"] == "logits"
-    baseline = magnitude_baseline(teacher, targets)
+    baseline = tfsparse.strip(tfsparse.prune_once(tfsparse.prune(teacher, layers=list(targets)), targets))
     results = []
     for model in (student, baseline):
         model.compile(loss=LOSS, metrics=["accuracy"])
@@ -126,7 +127,7 @@ def test_quantize_and_varints_by_hand():
 
 
 def test_bit_search_and_lenet_compression_ratio(teacher, mnist_subset, tmp_path):
-    pruned = magnitude_baseline(teacher, 0.9)
+    pruned = tfsparse.strip(tfsparse.prune_once(tfsparse.prune(teacher), 0.9))
     bits, divergence = compression.search_bits(pruned, mnist_subset.x_train[:256], divergence_budget=0.02)
     assert set(bits) == {"fc1/kernel", "fc2/kernel", "logits/kernel"} and divergence <= 0.02
     assert all(2 <= b <= 8 for b in bits.values())
@@ -180,8 +181,23 @@ def test_run_de_reports_student_baseline_and_compression(tmp_path, capsys):
         assert cli.main(argv) == 0
     capsys.readouterr()
     metrics = json.loads((out / "report.json").read_text())["metrics"]
-    assert 0.1 < metrics["de_test_accuracy"] <= 1 and 0.1 < metrics["magnitude_oneshot_test_accuracy"] <= 1
+    for model in ("de", "magnitude_oneshot"):  # fine-tuned by default, with the accuracy before
+        assert 0.1 < metrics[f"{model}_before_fine_tuning_test_accuracy"] <= 1
+        assert 0.1 < metrics[f"{model}_test_accuracy"] <= 1
+    assert metrics["de_fine_tune_epochs"] == 2
+    assert "| de_before_fine_tuning_test_accuracy |" in (out / "report.md").read_text()
     assert metrics["de_compression_ratio"] > 10
     assert {"de_model.keras", "de_model.tfsz", "de.png"} <= {p.name for p in out.iterdir()}
     student = keras.models.load_model(out / "de_model.keras")
     assert tfsparse.sparsity(student) == pytest.approx(0.8, abs=1e-3)
+
+
+def test_de_recipe_with_no_fine_tune_keeps_the_evolved_student(teacher, mnist_subset, tmp_path):
+    options = {"population": 8, "candidate_fraction": 0.1, "no_fine_tune": True}
+    job = recipes.Job(0.8, 2, options, (mnist_subset.x_train, mnist_subset.y_train), tmp_path,
+                      retrain=lambda model: pytest.fail("fine-tuned with --no-fine-tune"),
+                      evaluate=lambda model: {"test_accuracy": tfsparse.sparsity(model)})
+    metrics = recipes.get("de").after_training(job, None, teacher)
+    assert metrics["de_fine_tune_epochs"] == 0 and not any("fine_tuning" in key for key in metrics)
+    assert metrics["de_test_accuracy"] == pytest.approx(0.8, abs=1e-3)  # evaluated: the evolved student
+    assert metrics["magnitude_oneshot_test_accuracy"] == pytest.approx(0.8, abs=1e-3)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import tfsparse
-from tfsparse import cli, export, models
+from tfsparse import export
 from tfsparse.methods import MagnitudePruning
+from tfsparse_app import cli, zoo
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -16,7 +17,7 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 def trained_pruned(mnist_subset):
     """LeNet-300-100 trained one epoch while pruned to 90 % (masked, not stripped)."""
     keras.utils.set_random_seed(0)
-    model = tfsparse.prune(models.lenet_300_100())
+    model = tfsparse.prune(zoo.lenet_300_100())
     model.compile(keras.optimizers.Adam(2e-3), LOSS, metrics=["accuracy"])
     model.fit(mnist_subset.x_train, mnist_subset.y_train, batch_size=64, epochs=2, verbose=0,
               callbacks=[MagnitudePruning(0.9, frequency=10, end_fraction=0.5)])

@@ -7,14 +7,15 @@ import pytest
 import tensorflow as tf
 
 import tfsparse
-from tfsparse import allocation, cli, models
+from tfsparse import allocation
 from tfsparse.mask_functions import set_learning_rate
 from tfsparse.methods import ASLP, EdgePopup, Supermask
+from tfsparse_app import cli, zoo
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def prepared(method, model_fn=models.lenet_300_100):
+def prepared(method, model_fn=zoo.lenet_300_100):
     model = tfsparse.prune(model_fn(), **method.layer_options)
     model.compile(keras.optimizers.SGD(0.1), LOSS, metrics=["accuracy"])
     return model
@@ -142,7 +143,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="score_learning_rate"):
         ASLP(score_learning_rate=0)
     with pytest.raises(ValueError, match=r"GumbelSoftmaxMask.*layer_options"):
-        ASLP().set_model(tfsparse.prune(models.lenet_300_100()))
+        ASLP().set_model(tfsparse.prune(zoo.lenet_300_100()))
 
 
 def test_command_line_aslp_reports_the_emerged_sparsity(tmp_path, capsys):

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import tfsparse
-from tfsparse import allocation, cli, structure, tflite_tensors
+from tfsparse import allocation, structure, tflite_tensors
 from tfsparse.methods import MagnitudePruning
+from tfsparse_app import cli
 
 KINDS = ("layer", "global", "lamp", "erk")
 

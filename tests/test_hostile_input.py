@@ -8,7 +8,8 @@ import pytest
 from method_cases import BATCH_SIZE, CASES, EPOCHS, build, data
 
 import tfsparse
-from tfsparse import cli, export, methods, tflite_tensors
+from tfsparse import export, methods, tflite_tensors
+from tfsparse_app import cli
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -1,4 +1,5 @@
-"""What `import tfsparse` costs: no optional dependency, no import cycle."""
+"""What `import tfsparse` costs: no optional dependency, no import cycle, not
+the application (`tfsparse_app`)."""
 
 import ast
 import os
@@ -52,14 +53,15 @@ def test_import_needs_neither_matplotlib_nor_tensorboard():
 
 
 def test_a_feature_without_its_optional_dependency_names_the_extra_to_install(monkeypatch):
-    from tfsparse import callbacks, report
+    from tfsparse import callbacks
+    from tfsparse_app import plots
 
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
     with pytest.raises(ImportError, match=r"SparsitySummaries needs tensorboard.*pip install 'tfsparse\[tensorboard\]'"):
         callbacks.SparsitySummaries("logs")
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"Plotting needs matplotlib.*pip install 'tfsparse\[plot\]'"):
-        report.plot_training({"loss": [1.0]})
+        plots.plot_training({"loss": [1.0]})
 
 
 def _module_name(path):
@@ -68,8 +70,8 @@ def _module_name(path):
 
 
 def _imports(path, modules):
-    """The tfsparse modules that the file imports, anywhere in it (inside
-    functions too: a deferred import is still a dependency)."""
+    """The modules among `modules` that the file imports, anywhere in it
+    (inside functions too: a deferred import is still a dependency)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -80,6 +82,29 @@ def _imports(path, modules):
             submodules = {f"{node.module}.{alias.name}" for alias in node.names}
             found.update(submodules & modules or {node.module})
     return {name for name in found if name in modules}
+
+
+def _application_modules():
+    application = PACKAGE.parent / "tfsparse_app"
+    return {".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+            for path in application.rglob("*.py")}
+
+
+def test_no_library_module_imports_the_application():
+    application = _application_modules()
+    assert {"tfsparse_app", "tfsparse_app.cli", "tfsparse_app.datasets", "tfsparse_app.zoo"} <= application
+    importers = {_module_name(path): sorted(_imports(path, application)) for path in PACKAGE.rglob("*.py")}
+    importers = {name: targets for name, targets in importers.items() if targets}
+    assert not importers, f"library modules import the application: {importers}"
+
+
+def test_import_tfsparse_loads_neither_the_application_nor_data_sets():
+    check = "import sys, tfsparse; print(sorted(m for m in sys.modules if m.split('.')[0] in sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", check, "tfsparse_app", "tensorflow_datasets", "mlxtend"],
+                            capture_output=True, text=True, cwd=PACKAGE.parent,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_no_import_cycle_between_tfsparse_modules():

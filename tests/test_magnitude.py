@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 import tfsparse
-from tfsparse import allocation, models, schedules
-from tfsparse.methods.base import optimizer_slots
+from tfsparse import allocation, schedules
+from tfsparse.masking import optimizer_slots
+from tfsparse_app import zoo
 
 
 class RecordingPruning(tfsparse.methods.MagnitudePruning):
@@ -18,7 +19,7 @@ class RecordingPruning(tfsparse.methods.MagnitudePruning):
         self.history.append(self.masks())
 
 
-def train(data, method, epochs=2, optimizer="adam", model_fn=models.lenet_300_100):
+def train(data, method, epochs=2, optimizer="adam", model_fn=zoo.lenet_300_100):
     model = tfsparse.prune(model_fn(input_shape=(28, 28, 1)))
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.fit(data.x_train, data.y_train, batch_size=128, epochs=epochs, verbose=0, callbacks=[method])
@@ -89,7 +90,7 @@ def test_pruning_continues_across_save_and_load(mnist_subset, tmp_path):
 
 
 def test_method_errors_are_clear(mnist_subset):
-    too_short = tfsparse.prune(models.lenet_300_100())
+    too_short = tfsparse.prune(zoo.lenet_300_100())
     too_short.compile("adam", "sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="never be updated"):
         too_short.fit(mnist_subset.x_train[:256], mnist_subset.y_train[:256], batch_size=128, verbose=0,
@@ -98,7 +99,7 @@ def test_method_errors_are_clear(mnist_subset):
         tfsparse.methods.MagnitudePruning(1.2)
     with pytest.raises(ValueError, match="neither"):
         tfsparse.methods.MagnitudePruning()
-    plain = models.lenet_300_100()
+    plain = zoo.lenet_300_100()
     plain.compile("adam", "sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match=r"tfsparse.prune\(model\)"):
         plain.fit(mnist_subset.x_train[:64], mnist_subset.y_train[:64], verbose=0,
@@ -108,7 +109,7 @@ def test_method_errors_are_clear(mnist_subset):
 def test_sparsity_summaries_write_tensorboard_events(mnist_subset, tmp_path):
     import tensorflow as tf
 
-    model = tfsparse.prune(models.lenet_300_100())
+    model = tfsparse.prune(zoo.lenet_300_100())
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(mnist_subset.x_train[:512], mnist_subset.y_train[:512], batch_size=64, epochs=1, verbose=0,
               callbacks=[tfsparse.methods.MagnitudePruning(0.5, frequency=2),

@@ -6,13 +6,14 @@ import pytest
 
 import tfsparse
 from tfsparse.methods import ASLP, OptG
+from tfsparse_app import zoo
 
 
 def score_magnitude(method_factory, policy, data):
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
     method = method_factory()
-    model = tfsparse.prune(tfsparse.models.lenet_300_100(), **method.layer_options)
+    model = tfsparse.prune(zoo.lenet_300_100(), **method.layer_options)
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(data.x_train[:1000], data.y_train[:1000], batch_size=100, epochs=2, verbose=0, callbacks=[method])
     if policy == "mixed_float16":

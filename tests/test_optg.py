@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 import tfsparse
-from tfsparse import cli, models
+from tfsparse.masking import optimizer_slots
 from tfsparse.methods import OptG
-from tfsparse.methods.base import optimizer_slots
+from tfsparse_app import cli, zoo
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -61,7 +61,7 @@ def test_straight_through_gradients_and_the_score_sgd_step():
 
 
 def test_a_training_step_with_adam_applies_exactly_the_score_update(mnist_subset):
-    model = tfsparse.prune(models.lenet_300_100(), **OptG(0.5).layer_options)
+    model = tfsparse.prune(zoo.lenet_300_100(), **OptG(0.5).layer_options)
     model.compile(keras.optimizers.Adam(1e-3), LOSS)
     x, y = mnist_subset.x_train[:64], mnist_subset.y_train[:64]
     for weight in tfsparse.masked_weights(model):
@@ -88,7 +88,7 @@ class MaskRecorder(keras.callbacks.Callback):
 
 def test_schedule_global_top_k_and_mask_learning_rate_follow_the_formulas(mnist_subset):
     method, recorder = OptG(0.9), MaskRecorder()
-    model = tfsparse.prune(models.lenet_300_100(), **method.layer_options)
+    model = tfsparse.prune(zoo.lenet_300_100(), **method.layer_options)
     learning_rate = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=10, decay_rate=0.5)
     model.compile(keras.optimizers.SGD(learning_rate, momentum=0.9), LOSS, metrics=["accuracy"])
     steps_per_epoch = math.ceil(2000 / 100)
@@ -124,7 +124,7 @@ def test_pruned_weights_regrow_with_their_values_when_their_score_rises():
 
 def test_saved_model_keeps_scores_and_computes_the_same(mnist_subset, tmp_path):
     method = OptG(0.8)
-    model = tfsparse.prune(models.lenet_300_100(), **method.layer_options)
+    model = tfsparse.prune(zoo.lenet_300_100(), **method.layer_options)
     model.compile(keras.optimizers.Adam(1e-3), LOSS)
     model.fit(mnist_subset.x_train[:512], mnist_subset.y_train[:512], batch_size=128, epochs=2, verbose=0,
               callbacks=[method])
@@ -143,7 +143,7 @@ def test_clear_errors():
         OptG(1.0)
     with pytest.raises(ValueError, match=r"epochs.*Received: epochs=0"):
         OptG(0.9, epochs=0)
-    model = tfsparse.prune(models.lenet_300_100())
+    model = tfsparse.prune(zoo.lenet_300_100())
     with pytest.raises(ValueError, match=r"ScoreSGD.*optg.layer_options"):
         OptG(0.9).set_model(model)
 
@@ -169,3 +169,18 @@ def test_equal_scores_are_ranked_by_magnitude():
     method.on_train_begin()
     method.on_epoch_begin(1)  # keep 3 of 6: the largest |W| are 3, -2 and -1.5
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight.mask), [[0, 1], [0, 1], [1, 0]])
+
+
+@pytest.mark.parametrize("epochs, warns", [(6, True), (9, True), (10, False), (15, False)])
+def test_a_budget_too_short_for_the_schedule_is_said_with_one_that_works(epochs, warns):
+    from tfsparse.methods import BudgetWarning
+
+    method = OptG(0.9)
+    method.params = {"epochs": epochs}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        method.on_train_begin()
+    budget = [w for w in caught if issubclass(w.category, BudgetWarning)]
+    assert len(budget) == int(warns)
+    if warns:
+        assert f"OptG over {epochs} epochs" in str(budget[0].message) and "at least 10 epochs" in str(budget[0].message)

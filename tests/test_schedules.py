@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from tfsparse import schedules
@@ -34,6 +36,44 @@ def test_sigmoid_from_target_reaches_target_at_T_minus_2():
     assert s.magnitude > 0.97 and s(0) < 0.01
     with pytest.raises(ValueError, match="cannot be reached"):
         schedules.Sigmoid.from_target(0.97, total_epochs=4, scale=5)
+
+
+@pytest.mark.parametrize("epochs", [5, 6, 8, 12, 20, 50])
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.95, 0.98, 0.995])
+def test_sigmoid_default_scale_reaches_any_target_from_5_epochs(epochs, target):
+    s = schedules.Sigmoid.from_target(target, total_epochs=epochs)
+    assert s(epochs - 2) == pytest.approx(target) and s.magnitude < 1.0
+    assert s.scale <= min(5.0, epochs / 10) and s(0) < s(epochs - 2)
+
+
+def test_sigmoid_default_scale_is_the_papers_at_its_budgets():
+    assert schedules.Sigmoid.default_scale(50) == 5.0  # LeNet-300-100: T = 50, k = 5
+    assert schedules.Sigmoid.default_scale(20) == 2.0  # Conv-2: T = 20, k = 2
+    assert schedules.Sigmoid.from_target(0.9, total_epochs=50).scale == 5.0
+
+
+@pytest.mark.parametrize("target, epochs, scale", [(0.95, 8, 5.0), (0.95, 12, 5.0), (0.98, 4, 1.0), (0.9, 20, 9.0)])
+def test_sigmoid_unreachable_target_advice_works(target, epochs, scale):
+    with pytest.raises(ValueError, match="cannot be reached") as error:
+        schedules.Sigmoid.from_target(target, total_epochs=epochs, scale=scale)
+    advice = str(error.value)
+    more_epochs = int(re.search(r"at least (\d+) epochs with scale", advice).group(1))
+    assert schedules.Sigmoid.from_target(target, more_epochs, scale)(more_epochs - 2) == pytest.approx(target)
+    with pytest.raises(ValueError, match="cannot be reached"):
+        schedules.Sigmoid.from_target(target, more_epochs - 1, scale)
+    smaller = re.search(r"a scale below ([0-9.]+)", advice)
+    if epochs > 4:
+        limit = float(smaller.group(1))
+        assert schedules.Sigmoid.from_target(target, epochs, 0.98 * limit).magnitude < 1.0
+    else:
+        assert smaller is None  # no scale helps: S(T - 2) <= M / 2
+    assert "leave scale unset" in advice
+
+
+@pytest.mark.parametrize("epochs", [3, 4])
+def test_sigmoid_too_few_epochs_for_a_high_target_says_how_many(epochs):
+    with pytest.raises(ValueError, match=rf"total_epochs={epochs}.*at least 5 epochs"):
+        schedules.Sigmoid.from_target(0.9, total_epochs=epochs)
 
 
 def test_sigmoid_step_is_nearly_a_step_at_half():

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 import tfsparse
-from tfsparse import cli, models, tflite_tensors
+from tfsparse import tflite_tensors
+from tfsparse_app import cli, zoo
 
 
 @pytest.fixture(scope="module")
@@ -11,7 +12,7 @@ def sparse_tflite(tmp_path_factory):
     import tensorflow as tf
 
     tmp = tmp_path_factory.mktemp("tflite")
-    pruned = tfsparse.prune(models.lenet_300_100())
+    pruned = tfsparse.prune(zoo.lenet_300_100())
     rng = np.random.default_rng(0)
     for weight in tfsparse.masked_weights(pruned):
         weight.mask.assign((rng.random(weight.shape) < 0.2).astype("float32"))

@@ -1,10 +1,11 @@
 """tfsparse: pruning and sparse training for Keras 3."""
 
 from tfsparse import (
-    allocation, callbacks, datasets, export, layers, mask_functions, methods, models, quantization, schedules,
+    allocation, callbacks, export, layers, mask_functions, masking, methods, quantization, schedules,
 )
 from tfsparse.channel_graph import channel_groups
 from tfsparse.gradients import dense_gradients
+from tfsparse.masking import prune_once
 from tfsparse.quantization import quantize_aware
 from tfsparse.shrink import shrink
 from tfsparse.stats import sparsity, summary

@@ -3,16 +3,12 @@
 It imports nothing from tfsparse and only the standard library and numpy at
 import, so any module can use it without an import cycle. What is here:
 atomic file writes, aligned text tables, the batch-shape check of user
-arrays, optional dependencies (`require`, `MissingDependencyError`) and
-matplotlib figures that leave pyplot and its backend alone.
+arrays and optional dependencies (`require`, `MissingDependencyError`).
 """
 
 import importlib
 import os
 from pathlib import Path
-
-#: Where a plot is saved: pixels per inch of the figures' sizes.
-DPI = 100
 
 
 class MissingDependencyError(ImportError):
@@ -52,14 +48,16 @@ def write_atomically(path, content):
         temporary.unlink(missing_ok=True)
 
 
-def text_table(header, rows, total, left):
-    """An aligned text table: header, rule, one line per row, rule, total.
+def text_table(header, rows, total=None, left=()):
+    """An aligned text table: header, rule, one line per row, and, with
+    `total`, a rule and the total line.
 
     `header` and `total` are tuples of strings, `rows` a list of them, all of
     the same length; the columns whose indices are in `left` are aligned
     left, the others right. Lines carry no trailing spaces.
     """
-    lines = [tuple(header), *map(tuple, rows), tuple(total)]
+    ends = [] if total is None else [tuple(total)]
+    lines = [tuple(header), *map(tuple, rows), *ends]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
 
     def line(cells):
@@ -67,7 +65,8 @@ def text_table(header, rows, total, left):
                          for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
 
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
-    return "\n".join([line(header), rule, *map(line, rows), rule, line(total)])
+    footer = [] if total is None else [rule, line(total)]
+    return "\n".join([line(header), rule, *map(line, rows), *footer])
 
 
 def check_batch_shape(values, shape, label, received=None):
@@ -81,25 +80,3 @@ def check_batch_shape(values, shape, label, received=None):
     if values.ndim != len(shape) + 1 or any(e is not None and e != v for e, v in zip(shape, values.shape[1:])):
         received = received or f"Received: an array of shape {values.shape}"
         raise ValueError(f"{label} must be a batch of shape (N, {', '.join(map(str, shape))}). {received}")
-
-
-def new_figure(width, height, rows=1, columns=1, **subplots):
-    """A matplotlib figure of `width` x `height` inches and its axes
-    (`Figure.subplots(rows, columns, **subplots)`).
-
-    The figure is built from `matplotlib.figure.Figure`, not pyplot: no
-    backend is chosen or switched (a notebook keeps its inline plots, a
-    server without a display needs nothing), and pyplot does not keep it
-    open. It shows in a notebook when returned; `finish_figure` saves it.
-    """
-    figure = require("matplotlib.figure", "plot", "Plotting").Figure(figsize=(width, height))
-    return figure, figure.subplots(rows, columns, **subplots)
-
-
-def finish_figure(figure, path=None):
-    """Lays out `figure`, saves it to `path` (a PNG, unless the suffix says
-    otherwise) when one is given, and returns it."""
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path, dpi=DPI)
-    return figure

@@ -153,22 +153,49 @@ class Sigmoid(Schedule):
         return self.magnitude * _sigmoid((epoch - 0.5 * self.total_epochs) / self.scale)
 
     @classmethod
-    def from_target(cls, target_sparsity, total_epochs, scale, at_epoch=None):
+    def from_target(cls, target_sparsity, total_epochs, scale=None, at_epoch=None):
         """Derives M so that S(at_epoch) equals `target_sparsity`.
 
         `at_epoch` defaults to T - 2, the epoch whose network the ASNI paper
-        reports.
+        reports. `scale=None` chooses k with `default_scale`.
         """
         target = check_sparsity(target_sparsity, "target_sparsity")
         at_epoch = total_epochs - 2 if at_epoch is None else at_epoch
+        if scale is None:
+            scale = cls.default_scale(total_epochs, target, at_epoch)
         magnitude = target / _sigmoid((at_epoch - 0.5 * total_epochs) / scale)
         if magnitude >= 1.0:
             raise ValueError(
                 f"target_sparsity={target} cannot be reached at epoch {at_epoch} "
                 f"with total_epochs={total_epochs} and scale={scale} (it would "
-                f"need M={magnitude:.3f} >= 1). Use more epochs or a smaller scale."
+                f"need M={magnitude:.3f} >= 1). {_reach_advice(target, total_epochs, scale, at_epoch)}"
             )
         return cls(magnitude, total_epochs, scale)
+
+    @staticmethod
+    def default_scale(total_epochs, target_sparsity=None, at_epoch=None):
+        """k for a budget of `total_epochs`: T / 10, at most 5.
+
+        T / 10 is the paper's own choice at both of its budgets (k = 5 over
+        50 epochs, k = 2 over 20). With a target, k is also small enough
+        that S(at_epoch) passes the target with a margin of 0.5 in logit, so
+        M stays below 1 on short budgets.
+        """
+        scale = min(5.0, total_epochs / 10)
+        if target_sparsity is None:
+            return scale
+        at_epoch = total_epochs - 2 if at_epoch is None else at_epoch
+        lead = at_epoch - 0.5 * total_epochs
+        if lead <= 0:
+            # S(at_epoch) <= M / 2: only targets below 1/2 are reachable, with a large k.
+            if target_sparsity >= 0.5:
+                raise ValueError(
+                    f"target_sparsity={target_sparsity} cannot be reached with total_epochs="
+                    f"{total_epochs}: the reported network is the one after epoch T - 2 = {at_epoch}, "
+                    f"where the sigmoid has not passed 1/2. {_reach_advice(target_sparsity, total_epochs, None, at_epoch)}"
+                )
+            return max(scale, 5.0)
+        return min(scale, lead / (_logit(target_sparsity) + 0.5))
 
     def get_config(self):
         return {"magnitude": self.magnitude, "total_epochs": self.total_epochs, "scale": self.scale}
@@ -251,3 +278,20 @@ def _sigmoid(x):
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
     return z / (1.0 + z)
+
+
+def _logit(p):
+    return math.log(p / (1.0 - p))
+
+
+def _reach_advice(target, total_epochs, scale, at_epoch):
+    """How to make S(at_epoch) = target reachable: a smaller k or more epochs."""
+    margin = total_epochs - at_epoch  # epochs after the reported one (2 by default)
+    # S(T - margin) > target  <=>  (T / 2 - margin) / k > logit(target)
+    if scale is None:
+        return f"Train for at least {2 * margin + 1} epochs."
+    epochs = math.floor(2 * (scale * _logit(target) + margin)) + 1
+    lead = at_epoch - 0.5 * total_epochs
+    smaller = f"a scale below {lead / _logit(target):.3g}, " if lead > 0 else ""
+    return f"Use {smaller}at least {epochs} epochs with scale={scale}, or leave scale unset to have it chosen."
+

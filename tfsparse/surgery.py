@@ -151,7 +151,7 @@ def strip(model):
     inference. This is the model to save, ship and convert. It is not
     compiled: compile it to evaluate or fine-tune (fine-tuning a stripped
     model lets the zeros grow back; keep training the masked model instead,
-    see the README). A model without masked layers is returned as a copy.
+    see docs/real-models.md). A model without masked layers is returned as a copy.
     """
     _check_model(model, "model")
     folded = {}  # id(variable) -> value in the plain model, or None to drop it

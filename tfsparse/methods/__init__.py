@@ -1,13 +1,11 @@
-"""Pruning and sparse-training methods, each a Keras callback.
+"""Pruning and sparse-training methods: Keras callbacks, and
+`DirectedEvolution`, which sparsifies a model after its training."""
 
-`registered()` maps the command-line names to the classes.
-"""
-
-from tfsparse.methods.base import PruningMethod, get, registered
+from tfsparse.methods.base import BudgetWarning, PruningMethod
 from tfsparse.methods.channel import ChannelPruning
 from tfsparse.methods.asni import ASNI, AmenableInit, amenable_initialization, amenable_model
 from tfsparse.methods.dst import DSTEE, SET, DynamicSparseTraining, RigL
-from tfsparse.methods.evolution import DirectedEvolution, DirectedEvolutionRun, magnitude_baseline
+from tfsparse.methods.evolution import DirectedEvolution
 from tfsparse.methods.frozen import ASLP, EdgePopup, Supermask
 from tfsparse.methods.magnitude import MagnitudePruning
 from tfsparse.methods.optg import OptG

@@ -23,17 +23,11 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from tfsparse import allocation, schedules
-from tfsparse._utils import finish_figure, new_figure, write_atomically
-from tfsparse.methods.base import PruningMethod, check_integer, register
+from tfsparse import masking, schedules
+from tfsparse.methods.base import PruningMethod, check_integer
 from tfsparse.surgery import masked_weights
 
 
-@register(
-    "asni",
-    "ASNI-I: sigmoid-scheduled global magnitude pruning in one training run (per epoch).",
-    "Damadi, Nouri & Pirsiavash, 'ASNI', arXiv:2202.09284 (2022)",
-)
 class ASNI(PruningMethod):
     """ASNI-I as a Keras callback: prunes at the end of each epoch.
 
@@ -42,44 +36,32 @@ class ASNI(PruningMethod):
             prune of epoch T-2); M is derived from it. Give this or
             `magnitude`.
         magnitude: M of the schedule, as a fraction (0.98 for the paper's 98).
-        scale: k of the schedule, in epochs (the paper uses 2-5).
+        scale: k of the schedule, in epochs (the paper uses 2-5). By
+            default chosen from the epochs: T / 10, at most 5 (the paper's
+            choice at its budgets), and small enough that the target is
+            reached at epoch T - 2 (`schedules.Sigmoid.default_scale`); the
+            value used is `schedule.scale`.
         total_epochs: T; defaults to the `epochs` given to `fit`.
         min_increment: increments of the cumulative sparsity at or below
             this are skipped (0.001 = the original's 0.1 %).
-        retrain_amenable: for `tfsparse run`: after training, run ASNI-II
-            (build the initialization, retrain from it, report both).
 
     Example:
 
     ```python
-    model = tfsparse.prune(tfsparse.models.lenet_300_100())
+    model = tfsparse.prune(model)
     model.compile(keras.optimizers.Adam(1.2e-4), loss, metrics=["accuracy"])
     model.fit(x, y, batch_size=60, epochs=50,
               callbacks=[tfsparse.methods.ASNI(magnitude=0.98, scale=5)])
     ```
 
     `history` holds, per epoch: the scheduled sparsity S(t), the sparsity
-    reached after the epoch and whether it pruned; `plot_schedule` draws
-    them.
+    reached after the epoch and whether it pruned.
     """
 
-    cli_options = {
-        "scale": dict(type=float, default=5.0, help="ASNI k: sigmoid scale in epochs"),
-        "magnitude": dict(type=float, default=None,
-                          help="ASNI M as a fraction; overrides --sparsity (the schedule's asymptote)"),
-        "asni2": dict(action="store_true", default=False,
-                      help="then ASNI-II: retrain from the 2-numbers-per-layer initialization"),
-    }
+    update_at = "epoch_end"
 
-    @classmethod
-    def from_cli(cls, target_sparsity, epochs, train_data, **options):
-        common = dict(scale=options.get("scale", 5.0), retrain_amenable=options.get("asni2", False))
-        if options.get("magnitude") is not None:
-            return cls(magnitude=options["magnitude"], **common)
-        return cls(target_sparsity, **common)
-
-    def __init__(self, target_sparsity=None, magnitude=None, scale=5.0, total_epochs=None,
-                 min_increment=0.001, retrain_amenable=False):
+    def __init__(self, target_sparsity=None, magnitude=None, scale=None, total_epochs=None,
+                 min_increment=0.001):
         super().__init__()
         if (target_sparsity is None) == (magnitude is None):
             raise ValueError(
@@ -90,8 +72,8 @@ class ASNI(PruningMethod):
             target_sparsity = schedules.check_sparsity(target_sparsity, "target_sparsity")
         if magnitude is not None:
             magnitude = schedules.check_sparsity(magnitude, "magnitude")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-            raise ValueError(f"`scale` must be a number > 0. Received: scale={scale!r}")
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+            raise ValueError(f"`scale` must be a number > 0 or None. Received: scale={scale!r}")
         if total_epochs is not None:
             check_integer(total_epochs, "total_epochs")
         self.target_sparsity = target_sparsity
@@ -99,7 +81,6 @@ class ASNI(PruningMethod):
         self.scale = scale
         self.total_epochs = total_epochs
         self.min_increment = min_increment
-        self.retrain_amenable = retrain_amenable
         self.schedule = None
         self.history = []
 
@@ -110,7 +91,8 @@ class ASNI(PruningMethod):
                 raise ValueError(f"ASNI with a target needs at least 3 epochs. Received: epochs={total}")
             self.schedule = schedules.Sigmoid.from_target(self.target_sparsity, total, self.scale)
         else:
-            self.schedule = schedules.Sigmoid(self.magnitude, total, self.scale)
+            scale = schedules.Sigmoid.default_scale(total) if self.scale is None else self.scale
+            self.schedule = schedules.Sigmoid(self.magnitude, total, scale)
 
     def prune_fraction(self, epoch):
         """p_t for the prune after `epoch`, or 0 when the increment is skipped."""
@@ -120,34 +102,19 @@ class ASNI(PruningMethod):
             return 0.0
         return increment / (1.0 - previous)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def update(self, epoch):
+        """The prune after `epoch` (after its validation) and its record."""
         last = epoch >= self.schedule.total_epochs - 1
         fraction = 0.0 if last else self.prune_fraction(epoch)
         if fraction > 0:
-            scores = self.magnitude_scores()
-            total = sum(v.size for v in scores.values())
             alive = sum(int(m.sum()) for m in self.masks().values())
             keep = alive - int(round(fraction * alive))
-            self.assign_masks(allocation.Global().masks(scores, 1.0 - keep / total))
+            masking.prune_once(self.model, 1.0 - keep / sum(w.size for w in self.masked_weights),
+                               allocation="global")
         masks = self.masks()
         sparsity = 1.0 - sum(int(m.sum()) for m in masks.values()) / sum(m.size for m in masks.values())
         self.history.append({"epoch": epoch, "scheduled_sparsity": self.schedule(epoch), "sparsity": sparsity,
                              "pruned": fraction > 0})
-
-    def finish(self, model, directory, retrain, evaluate):
-        """Schedule plot; with `retrain_amenable`, the whole ASNI-II phase."""
-        plot_schedule(self, directory / "asni_schedule.png")
-        if not self.retrain_amenable:
-            return {}
-        init = amenable_initialization(model)
-        init.save(directory / "asni2_init.npz")
-        plot_centroid_histograms(model, init, directory / "asni2_centroids.png")
-        metrics = retrain(amenable_model(model, init))
-        return {
-            "asni2_test_accuracy": metrics["test_accuracy"],
-            "asni2_init_bytes": init.size_bytes(),
-            "dense_init_bytes": init.dense_size_bytes(),
-        }
 
 
 @dataclass
@@ -187,8 +154,9 @@ class AmenableInit:
         biases = sum(len(signs) for _, _, signs in (self.biases or {}).values())
         return 4 * (kernels + biases)
 
-    def save(self, path):
-        """Writes a compressed-bits .npz (atomically: temporary file, then rename)."""
+    def to_bytes(self):
+        """The initialization as a compressed .npz archive (bits packed), e.g.
+        to write to a file; `from_bytes` reads it back."""
         arrays = {"names": np.array(self.names)}
         for i, name in enumerate(self.names):
             arrays[f"shape_{i}"] = np.array(self.masks[name].shape, dtype=np.int64)
@@ -202,12 +170,13 @@ class AmenableInit:
                 arrays[f"bias_signs_{i}"] = signs.astype(np.int8)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        write_atomically(path, buffer.getvalue())
+        return buffer.getvalue()
 
     @classmethod
-    def load(cls, path):
+    def from_bytes(cls, data):
+        """Reads what `to_bytes` returned; a ValueError when `data` is not such an archive."""
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 names = [str(n) for n in archive["names"]]
                 masks, positive, c_plus, c_minus, biases = {}, {}, {}, {}, {}
                 for i, name in enumerate(names):
@@ -221,7 +190,7 @@ class AmenableInit:
                         b_plus, b_minus = (float(v) for v in archive[f"bias_c_{i}"])
                         biases[name] = (b_plus, b_minus, archive[f"bias_signs_{i}"].astype(np.int8))
         except Exception as error:  # zip, npz and key errors alike
-            raise ValueError(f"{path} is not a valid ASNI-II initialization file ({type(error).__name__}: {error})") from error
+            raise ValueError(f"`data` is not an ASNI-II initialization ({type(error).__name__}: {error})") from error
         return cls(names, masks, positive, c_plus, c_minus, biases or None)
 
 
@@ -270,14 +239,12 @@ def amenable_model(model, init):
         raise ValueError(
             f"`init` is for the weights {sorted(init.names)} but the model has {sorted(handles)}."
         )
+    masking.assign_masks(list(handles.values()), init.masks)  # checks every mask's shape first
     for name in init.names:
         weight, mask = handles[name], init.masks[name]
-        if mask.shape != weight.shape:
-            raise ValueError(f"`init` mask for '{name}' has shape {mask.shape}, the model's kernel {weight.shape}.")
         values = np.zeros(mask.shape, dtype=np.float32)
         values[mask] = np.where(init.positive[name], init.c_plus[name], init.c_minus[name])
         weight.kernel.assign(values)
-        weight.mask.assign(mask.astype(np.float32))
         bias = getattr(weight.layer, "bias", None)
         if bias is not None:
             if init.biases and name in init.biases:
@@ -286,33 +253,3 @@ def amenable_model(model, init):
             else:
                 bias.assign(np.zeros(bias.shape, dtype=np.float32))
     return fresh
-
-
-def plot_schedule(method, path=None):
-    """The scheduled S(t) and the sparsity actually reached, per epoch, of a
-    trained `ASNI`; returns the figure, saved to `path` when given."""
-    epochs = np.arange(method.schedule.total_epochs)
-    fig, axis = new_figure(5.5, 3.2)
-    axis.plot(epochs, [method.schedule(e) for e in epochs], label="S(t) scheduled")
-    if method.history:
-        axis.plot([h["epoch"] for h in method.history], [h["sparsity"] for h in method.history], "o",
-                  markersize=3, label="reached")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("sparsity")
-    axis.set_ylim(0, 1)
-    axis.legend()
-    return finish_figure(fig, path)
-
-
-def plot_centroid_histograms(model, init, path=None):
-    """Per layer: histogram of the surviving ASNI-I weights, c_plus and
-    c_minus marked; returns the figure, saved to `path` when given."""
-    handles = {w.name: w for w in masked_weights(model)}
-    fig, axes = new_figure(3.2 * len(init.names), 2.8, 1, len(init.names), squeeze=False)
-    for axis, name in zip(axes[0], init.names):
-        survivors = keras.ops.convert_to_numpy(handles[name].kernel)[init.masks[name]]
-        axis.hist(survivors, bins=60, color="gray")
-        for value, color in ((init.c_plus[name], "tab:red"), (init.c_minus[name], "tab:blue")):
-            axis.axvline(value, color=color, linewidth=1.5)
-        axis.set_title(f"{name}\nc+={init.c_plus[name]:.3f} c-={init.c_minus[name]:.3f}", fontsize=8)
-    return finish_figure(fig, path)

@@ -8,7 +8,6 @@ import numpy as np
 
 from tfsparse import channel_graph as groups_lib
 from tfsparse.allocation import check_finite
-from tfsparse.methods.base import register
 from tfsparse.methods.magnitude import MagnitudePruning
 from tfsparse.surgery import PruningCoverageWarning
 
@@ -16,12 +15,6 @@ CRITERIA = ("l1", "l2", "bn_gamma")
 PENALTIES = (None, "group_lasso", "slimming")
 
 
-@register(
-    "channel",
-    "Gradual channel pruning by group norm or BatchNorm scale; `tfsparse.shrink` removes the channels.",
-    "Li et al., 'Pruning Filters for Efficient ConvNets', ICLR 2017 (L1 filter norm); "
-    "Liu et al., 'Learning Efficient Convolutional Networks through Network Slimming', ICCV 2017",
-)
 class ChannelPruning(MagnitudePruning):
     """Prunes whole channels, following their dependency groups.
 
@@ -73,15 +66,6 @@ class ChannelPruning(MagnitudePruning):
     small = tfsparse.shrink(model)  # fewer channels, same outputs
     ```
     """
-
-    cli_options = {
-        "criterion": dict(choices=list(CRITERIA), default="l2", help="channel score"),
-        "penalty": dict(choices=["group_lasso", "slimming"], default=None,
-                        help="sparsity-inducing proximal step after every batch"),
-        "penalty_strength": dict(type=float, default=1e-4, help="the penalty's coefficient"),
-        "frequency": dict(type=int, default=100, help="steps between mask updates"),
-        "end_fraction": dict(type=float, default=0.7, help="fraction of training over which sparsity ramps up"),
-    }
 
     def __init__(
         self,

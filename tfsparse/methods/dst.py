@@ -24,13 +24,11 @@ positions included; `tfsparse.dense_gradients`) on a batch of
 `gradient_batch_size` examples drawn from `gradient_data` at each update.
 RigL's TF2 code likewise uses a separate batch for its grow gradients.
 
-Under `steps_per_execution=K` the callback sees the model only after calls
-of K steps, so a round due inside a call runs at the call's end, up to K - 1
-steps late (`tfsparse.methods.base.UpdateSteps`). It keeps the step it was
-due at: its drop fraction, t and seed are those of its schedule, and the
-rounds, their number and their sizes are those of one step per execution.
-With `update_every < K` the rounds due in one call run back to back at its
-end, with no training between them.
+A round is an update after a batch (`tfsparse.methods.base.PruningMethod`)
+and gets the step it was due at: under `steps_per_execution=K` its drop
+fraction, t and seed are those of its schedule, and the rounds, their number
+and their sizes are those of one step per execution (with `update_every < K`
+those due in one call run back to back at its end).
 
 State: the masks and the counters N live in the layers' variables (mask and
 `active_rounds`), and the step comes from the optimizer, so both `.keras`
@@ -66,18 +64,20 @@ Granularity (`granularity=`, issue #20): the unit that is dropped and grown.
 """
 
 import math
+import warnings
 
 import keras
 import numpy as np
 
 from tfsparse import allocation as allocation_lib
 from tfsparse import schedules as schedules_lib
-from tfsparse._utils import finish_figure, new_figure
 from tfsparse.allocation import check_finite, keep_top_k
 from tfsparse.gradients import dense_gradients
-from tfsparse.methods.base import PruningMethod, UpdateSteps, check_integer, register
+from tfsparse.methods.base import BudgetWarning, PruningMethod, check_integer
 
 ACTIVE_ROUNDS = "active_rounds"
+#: Fewer mask updates than this in a fit draw a `BudgetWarning`.
+MIN_ROUNDS = 10
 _NOT_ELIGIBLE = np.float32(-1.0)
 
 
@@ -115,28 +115,11 @@ class DynamicSparseTraining(PruningMethod):
             (`tfsparse.allocation.get`).
     """
 
-    cli_options = {
-        "update_every": dict(type=int, default=100, help="steps between drop-and-grow rounds"),
-        "drop_fraction": dict(type=float, default=0.3, help="initial drop fraction (cosine decay to 0)"),
-        "stop_at": dict(type=float, default=0.75, help="fraction of training after which masks stay fixed"),
-        "allocation": dict(choices=list(allocation_lib.NAMES), default="erk",
-                           help="per-layer budget: every layer at the target, one global threshold "
-                                "(1 %% floor per layer), one threshold over LAMP scores, or ERK"),
-        # The same flag as MagnitudePruning's (the CLI shows one help for both).
-        "granularity": dict(type=allocation_lib.granularity_name, default="weight",
-                            help="unit of pruning: weight, blockRxC (e.g. block4x1, block16x1, block4x1-max: "
-                                 "LiteRT's sparse FULLY_CONNECTED blocks) or N:M (e.g. 2:4, target <= 1 - N/M)"),
-    }
+    update_at = "after_batch"
 
     @property
     def layer_options(self):
         return {"state_names": (ACTIVE_ROUNDS,)}
-
-    @classmethod
-    def from_cli(cls, target_sparsity, epochs, train_data, **options):
-        if cls.grow_mode == "score":
-            options["gradient_data"] = train_data
-        return cls(target_sparsity, **options)
 
     grow_mode = "score"
 
@@ -192,7 +175,6 @@ class DynamicSparseTraining(PruningMethod):
         self.total_steps = total_steps
         self.stop_step = None
         self.history = []
-        self.update_steps = UpdateSteps(self, self._due, after_batch=True)
         self._dataset_iterator = None
 
     def on_train_begin(self, logs=None):
@@ -203,6 +185,16 @@ class DynamicSparseTraining(PruningMethod):
                 f"Training has {total} steps; with stop_at={self.stop_at} the masks "
                 f"would never change (update_every={self.update_every}). Lower "
                 "`update_every` or train longer."
+            )
+        rounds = self.stop_step // self.update_every
+        if rounds < MIN_ROUNDS:
+            warnings.warn(
+                f"{type(self).__name__} changes the masks {rounds} time(s) in this fit ({total} steps, "
+                f"update_every={self.update_every}, stop_at={self.stop_at}): with fewer than {MIN_ROUNDS} "
+                "updates, dynamic sparse training is little more than static sparse training. Use "
+                f"update_every <= {max(1, self.stop_step // MIN_ROUNDS)} or at least "
+                f"{MIN_ROUNDS * self.update_every / self.stop_at:.0f} training steps.",
+                BudgetWarning, stacklevel=2,
             )
         self.allocation.check_names([w.name for w in self.masked_weights])
         if self.optimizer_step() == 0:
@@ -219,25 +211,17 @@ class DynamicSparseTraining(PruningMethod):
         for weight in self.masked_weights:
             weight.state(ACTIVE_ROUNDS).assign(np.zeros(weight.shape, "float32"))
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.update_steps.epoch_begin()
-
-    def on_train_batch_end(self, batch, logs=None):
-        for step in self.update_steps.at_batch_end(batch):
-            self.update_masks(step)
-
-    def _due(self, step):
+    def is_due(self, step):
         return step % self.update_every == 0 and step <= self.stop_step
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and self.history:
-            logs["coverage"] = self.history[-1]["coverage"]
+    def summarize_epoch(self, epoch):
+        return {"coverage": self.history[-1]["coverage"]} if self.history else {}
 
     def current_drop_fraction(self, step):
         """f_0 / 2 * (1 + cos(pi * step / stop_step)), RigL's cosine decay."""
         return self.drop_fraction / 2 * (1 + math.cos(math.pi * min(step, self.stop_step) / self.stop_step))
 
-    def update_masks(self, step):
+    def update(self, step):
         """One drop-and-grow round in every layer, the one due at `step` (>= 1)."""
         fraction = self.current_drop_fraction(step)
         kernels, masks = self.kernels(), self.masks()
@@ -363,19 +347,6 @@ class DynamicSparseTraining(PruningMethod):
         )
         return ever / sum(w.size for w in self.masked_weights)
 
-    def finish(self, model, directory, retrain, evaluate):
-        if not self.history:
-            return {}
-        plot_coverage(self.history, directory / "coverage.png", title=type(self).__name__)
-        last = self.history[-1]
-        return {"coverage": last["coverage"], "mask_updates": len(self.history)}
-
-
-@register(
-    "dst-ee",
-    "DST-EE: dynamic sparse training, grow score |grad| + c * sqrt(ln t / N) (exploitation + exploration).",
-    "Huang et al., 'Dynamic Sparse Training via Balancing the Exploration-Exploitation Trade-off', arXiv:2211.16667 (DAC 2023)",
-)
 class DSTEE(DynamicSparseTraining):
     """DST-EE: grow by |dL/dw| + c * sqrt(ln t / (N + eps)).
 
@@ -399,20 +370,10 @@ class DSTEE(DynamicSparseTraining):
     ```
     """
 
-    cli_options = {
-        **DynamicSparseTraining.cli_options,
-        "c": dict(type=float, default=1e-2, help="exploration weight c of the grow score"),
-    }
-
     def __init__(self, target_sparsity, c=1e-2, **kwargs):
         super().__init__(target_sparsity, c=c, grow="score", **kwargs)
 
 
-@register(
-    "rigl",
-    "RigL: dynamic sparse training growing the largest dense gradients.",
-    "Evci et al., 'Rigging the Lottery: Making All Tickets Winners', arXiv:1911.11134 (ICML 2020)",
-)
 class RigL(DynamicSparseTraining):
     """RigL: DST-EE with c = 0 (growth by |dL/dw| alone).
 
@@ -423,11 +384,6 @@ class RigL(DynamicSparseTraining):
         super().__init__(target_sparsity, c=0.0, grow="score", **kwargs)
 
 
-@register(
-    "set",
-    "SET: dynamic sparse training with random growth.",
-    "Mocanu et al., 'Scalable training of artificial neural networks with adaptive sparse connectivity', Nature Communications 9 (2018)",
-)
 class SET(DynamicSparseTraining):
     """SET: drop the smallest magnitudes, grow at random; needs no gradients.
 
@@ -476,18 +432,3 @@ class _RoundRecord:
             "exploitation": mean(self.exploitation),
             "exploration": mean(self.exploration),
         }
-
-
-def plot_coverage(history, path=None, title=""):
-    """Coverage (fraction of weights ever active) and the two score terms
-    over steps; returns the figure, saved to `path` when given."""
-    steps = [h["step"] for h in history]
-    figure, (left, right) = new_figure(10, 3.5, 1, 2)
-    left.plot(steps, [h["coverage"] for h in history])
-    left.set(xlabel="step", ylabel="coverage (ever active)", title=f"{title} coverage")
-    right.plot(steps, [h["exploitation"] for h in history], label="|grad| (exploitation)")
-    if any(h["exploration"] for h in history):
-        right.plot(steps, [h["exploration"] for h in history], label="c*sqrt(ln t/(N+eps)) (exploration)")
-    right.set(xlabel="step", ylabel="mean over grown weights", yscale="log", title="grow-score terms")
-    right.legend()
-    return finish_figure(figure, path)

@@ -39,13 +39,11 @@ import keras
 import numpy as np
 
 from tfsparse import allocation as allocation_lib
-from tfsparse import compression, schedules
-from tfsparse._utils import check_batch_shape, finish_figure, new_figure
+from tfsparse import masking, schedules
+from tfsparse._utils import check_batch_shape
 from tfsparse.divergence import kl_divergence
-from tfsparse.methods.base import PruningMethod, check_integer, register
-from tfsparse.surgery import _check_model, masked_weights, prune, strip
-
-CALIBRATION_EXAMPLES = 1024
+from tfsparse.methods.base import check_integer
+from tfsparse.surgery import _check_model, masked_weights, prune
 
 
 class DirectedEvolution:
@@ -166,8 +164,7 @@ class DirectedEvolution:
                 keep = max(1, math.ceil(self.commit_fraction * best.size))
                 best = best[np.argsort(np.abs(kernel.ravel()[best]), kind="stable")[:keep]]
             mask.ravel()[best] = False
-            weight.mask.assign(mask.astype("float32"))
-            weight.kernel.assign(np.where(mask, kernel, 0).astype("float32"))
+            masking.assign_masks([weight], {weight.name: mask})
             parents = [candidates[i] for i in order[:2]]
             cycle += 1
             progress.update(int((~mask).sum()))
@@ -236,33 +233,6 @@ class DirectedEvolution:
                         keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
         student.fit(x, y, batch_size=128, epochs=self.fine_tune_epochs, verbose=self.verbose)
 
-    def plot_history(self, path=None):
-        """Layer sparsity and best divergence per cycle; returns the figure,
-        saved to `path` when given."""
-        figure, (left, right) = new_figure(10, 3.5, 1, 2)
-        for name in dict.fromkeys(h["layer"] for h in self.history):
-            cycles = [h for h in self.history if h["layer"] == name]
-            left.plot([h["cycle"] for h in cycles], [h["sparsity"] for h in cycles], label=name)
-            right.plot([h["cycle"] for h in cycles], [h["divergence"] for h in cycles], label=name)
-        left.set(xlabel="cycle", ylabel="layer sparsity", title="directed evolution")
-        right.set(xlabel="cycle", ylabel="best KL(teacher || student)", yscale="log", title="divergence")
-        left.legend()
-        return finish_figure(figure, path)
-
-
-def magnitude_baseline(teacher, layer_sparsity):
-    """One-shot per-layer magnitude pruning of the Dense layers, no fine-tuning."""
-    _check_model(teacher, "teacher")
-    names = [layer.name for layer in _chain(teacher) if type(layer) is keras.layers.Dense]
-    targets = _targets(layer_sparsity, names)
-    model = prune(teacher, layers=list(targets))
-    for weight in masked_weights(model):
-        kernel = keras.ops.convert_to_numpy(weight.kernel)
-        keep = allocation_lib.keep_top_k(np.abs(kernel), allocation_lib.keep_count(weight.size, targets[weight.layer.name]))
-        weight.mask.assign(keep.astype("float32"))
-    return strip(model)
-
-
 def _chain(model):
     """The model's layers as one chain (Sequential, or a functional chain)."""
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
@@ -287,51 +257,3 @@ def _targets(layer_sparsity, names):
                 for name, value in layer_sparsity.items()}
     schedules.check_sparsity(layer_sparsity, "layer_sparsity")
     return {name: layer_sparsity for name in names}
-
-
-@register(
-    "de",
-    "Directed Evolution after dense training: teacher-student screening of candidate sets (post-training).",
-    "Franca-Neto, 'A Directed-Evolution Method for Sparsification and Compression of Neural Networks', "
-    "arXiv:2206.05859 (2022)",
-)
-class DirectedEvolutionRun(PruningMethod):
-    """`tfsparse run --method de`: trains the dense teacher (the masks stay
-    all ones), then evolves the student with `DirectedEvolution` on the first
-    1,024 training examples and reports its test metrics next to the
-    teacher's and those of one-shot magnitude pruning at the same per-layer
-    sparsity. Writes `de_model.keras` (the stripped student) and `de.png`."""
-
-    cli_options = {
-        "population": dict(type=int, default=32, help="candidate sets per directed-evolution cycle"),
-        "candidate_fraction": dict(type=float, default=0.02,
-                                   help="size of a candidate set, fraction of the layer's survivors"),
-    }
-
-    def __init__(self, layer_sparsity, calibration_data, **options):
-        super().__init__()
-        schedules.check_sparsity(layer_sparsity, "layer_sparsity")
-        self.layer_sparsity = layer_sparsity
-        self.calibration_data = calibration_data
-        self.options = options
-
-    @classmethod
-    def from_cli(cls, target_sparsity, epochs, train_data, **options):
-        return cls(target_sparsity, train_data[0][:CALIBRATION_EXAMPLES], **options)
-
-    def finish(self, model, directory, retrain, evaluate):
-        teacher = strip(model)
-        evolution = DirectedEvolution(teacher, self.calibration_data, self.layer_sparsity, **self.options)
-        student = strip(evolution.run())
-        student.save(directory / "de_model.keras")
-        evolution.plot_history(directory / "de.png")
-        metrics = {f"de_{k}": v for k, v in evaluate(student).items()}
-        metrics.update({f"magnitude_oneshot_{k}": v
-                        for k, v in evaluate(magnitude_baseline(teacher, self.layer_sparsity)).items()})
-        metrics["de_candidates_per_second"] = evolution.candidates_per_second
-        bits, _ = compression.search_bits(student, self.calibration_data)
-        report = compression.compress(student, directory / "de_model.tfsz", bits=bits)
-        metrics.update({f"de_quantized_{k}": v for k, v in evaluate(compression.decompress(report.path)).items()})
-        metrics.update(de_compressed_bytes=report.file_bytes, de_compression_ratio=report.ratio,
-                       de_bits=min(bits.values()))
-        return metrics

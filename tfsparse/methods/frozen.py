@@ -40,9 +40,8 @@ import keras
 import numpy as np
 
 from tfsparse import allocation as allocation_lib
-from tfsparse._utils import finish_figure, new_figure
 from tfsparse.mask_functions import BernoulliMask, GumbelSoftmaxMask, ScoreSGD, set_learning_rate
-from tfsparse.methods.base import PruningMethod, UpdateSteps, check_integer, register
+from tfsparse.methods.base import PruningMethod, check_integer
 
 
 class FrozenWeightsMethod(PruningMethod):
@@ -111,7 +110,8 @@ class FrozenWeightsMethod(PruningMethod):
     def initial_scores(self, weight, index):
         return np.zeros(weight.shape, "float32")
 
-    def on_epoch_end(self, epoch, logs=None):
+    def summarize_epoch(self, epoch):
+        """Records the final mask's sparsity per layer (and the scales) in `history`."""
         # NaN logits would give an all-zero mask (NaN >= 0 is False) without a word.
         learned = {}
         for weight in self.masked_weights:
@@ -127,24 +127,8 @@ class FrozenWeightsMethod(PruningMethod):
         total = sum(w.size for w in self.masked_weights)
         sparsity = sum(layers[w.name]["sparsity"] * w.size for w in self.masked_weights) / total
         self.history.append({"epoch": epoch, "sparsity": sparsity, "layers": layers})
-        if logs is not None:
-            logs["mask_sparsity"] = sparsity
+        return {"mask_sparsity": sparsity}
 
-    def finish(self, model, directory, retrain, evaluate):
-        if self.history:
-            plot_history(self.history, directory / "subnetwork.png", type(self).__name__)
-        return {}
-
-    @classmethod
-    def from_cli(cls, target_sparsity, epochs, train_data, **options):
-        return cls(**options)
-
-
-@register(
-    "aslp",
-    "ASLP: subnetwork of frozen random weights, straight-through Gumbel-softmax masks + learned per-layer scale.",
-    "Dupont et al., 'Extracting Effective Subnetworks with Gumbel-Softmax', arXiv:2202.12986 (ICIP 2022)",
-)
 class ASLP(FrozenWeightsMethod):
     """ASLP with Smart Rescale (see the module docstring).
 
@@ -154,8 +138,7 @@ class ASLP(FrozenWeightsMethod):
         temperature: of the Gumbel-softmax (1, no annealing, as the code).
         Others: `FrozenWeightsMethod` (score_learning_rate defaults to 50).
 
-    The sparsity is not an argument: `tfsparse run --method aslp` ignores
-    `--sparsity` and reports the sparsity that emerged.
+    The sparsity is not an argument: it emerges from training.
 
     Example:
 
@@ -169,11 +152,6 @@ class ASLP(FrozenWeightsMethod):
     """
 
     score_learning_rate = 50.0
-    cli_options = {
-        "no_rescale": dict(action="store_true", default=False, help="ASLP without Smart Rescale"),
-        "signed_constant": dict(action="store_true", default=False,
-                                help="frozen weights sign(w) * std instead of Kaiming normal"),
-    }
 
     def __init__(self, smart_rescale=True, temperature=1.0, **kwargs):
         super().__init__(**kwargs)
@@ -185,24 +163,14 @@ class ASLP(FrozenWeightsMethod):
         return {"with_score": True, "with_scale": self.smart_rescale,
                 "mask_function": GumbelSoftmaxMask(self.temperature, seed=self.seed)}
 
-    @classmethod
-    def from_cli(cls, target_sparsity, epochs, train_data, no_rescale=False, **options):
-        return cls(smart_rescale=not no_rescale, **options)
-
     def _check_layer_options(self):
         _check_mask_function(self, GumbelSoftmaxMask)
 
 
-@register(
-    "supermask",
-    "Supermask: Bernoulli masks of sigmoid(score) over frozen random weights, rescaled by N / sum(m).",
-    "Zhou et al., 'Deconstructing Lottery Tickets: Zeros, Signs, and the Supermask', NeurIPS 2019",
-)
 class Supermask(FrozenWeightsMethod):
     """Zhou et al.'s supermask on frozen weights (see the module docstring)."""
 
     score_learning_rate = 50.0
-    cli_options = {"signed_constant": ASLP.cli_options["signed_constant"]}
 
     @property
     def layer_options(self):
@@ -212,11 +180,6 @@ class Supermask(FrozenWeightsMethod):
         _check_mask_function(self, BernoulliMask)
 
 
-@register(
-    "edge-popup",
-    "Edge-popup: per-layer top-k of |score| over frozen random weights, straight-through.",
-    "Ramanujan et al., 'What's Hidden in a Randomly Weighted Neural Network?', CVPR 2020",
-)
 class EdgePopup(FrozenWeightsMethod):
     """Edge-popup on frozen weights (see the module docstring).
 
@@ -226,19 +189,15 @@ class EdgePopup(FrozenWeightsMethod):
             as the original).
         Others: `FrozenWeightsMethod` (score_learning_rate defaults to 0.1).
 
-    The top-k is recomputed before every step that is a multiple of
-    `update_every`. With `steps_per_execution=K` the callback acts only
-    between calls of K steps: a recomputation due inside a call happens at
-    its end (`tfsparse.methods.base.UpdateSteps`), and one recomputation
-    serves all those due in a call, so the masks change at most every K
-    steps (the scores still train at every step).
+    The top-k is recomputed when training starts and before every step that
+    is a multiple of `update_every`; when several recomputations fall due at
+    one hook (`steps_per_execution` > 1), one serves them all, so the masks
+    change at most every K steps (the scores still train at every step).
     """
 
     score_learning_rate = 0.1
-    cli_options = {
-        "keep_fraction": dict(type=float, default=0.5, help="fraction of each layer's weights kept"),
-        "signed_constant": ASLP.cli_options["signed_constant"],
-    }
+    update_at = "before_batch"
+    latest_update_only = True
 
     def __init__(self, keep_fraction=0.5, update_every=1, **kwargs):
         super().__init__(**kwargs)
@@ -248,15 +207,10 @@ class EdgePopup(FrozenWeightsMethod):
         self.keep_fraction = keep_fraction
         self.update_every = update_every
         self.allocation = allocation_lib.Uniform()
-        self.update_steps = UpdateSteps(self, lambda step: step % self.update_every == 0, after_batch=False)
 
     @property
     def layer_options(self):
         return {"with_score": True, "mask_function": ScoreSGD(absolute=True)}
-
-    @classmethod
-    def from_cli(cls, target_sparsity, epochs, train_data, **options):
-        return cls(**options)
 
     def _check_layer_options(self):
         _check_mask_function(self, ScoreSGD)
@@ -269,42 +223,16 @@ class EdgePopup(FrozenWeightsMethod):
         super().on_train_begin(logs)
         self.update_masks()
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.update_steps.epoch_begin()
+    def is_due(self, step):
+        return step % self.update_every == 0
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.update_steps.at_batch_begin(batch):
-            self.update_masks()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.update_steps.at_batch_end(batch):
-            self.update_masks()
+    def update(self, step):
+        self.update_masks()
 
     def update_masks(self):
         """Per layer, keep the `keep_fraction` of weights with the largest |score|."""
         scores = {w.name: np.abs(keras.ops.convert_to_numpy(w.score)) for w in self.masked_weights}
         self.assign_masks(self.allocation.masks(scores, 1.0 - self.keep_fraction), zero_pruned=False)
-
-
-def plot_history(history, path=None, title=""):
-    """Per-layer sparsity of the deterministic mask and learned scales, per
-    epoch (a frozen-weights method's `history`); returns the figure, saved
-    to `path` when given."""
-    epochs = [h["epoch"] + 1 for h in history]
-    names = list(history[0]["layers"])
-    has_scales = history[0]["layers"][names[0]]["scale"] is not None
-    figure, axes = new_figure(10 if has_scales else 5.5, 3.5, 1, 2 if has_scales else 1, squeeze=False)
-    for name in names:
-        axes[0, 0].plot(epochs, [h["layers"][name]["sparsity"] for h in history], marker=".", label=name)
-    axes[0, 0].plot(epochs, [h["sparsity"] for h in history], color="black", linewidth=2, label="all")
-    axes[0, 0].set(xlabel="epoch", ylabel="sparsity of the final mask", title=f"{title}: sparsity per layer")
-    axes[0, 0].legend(fontsize=7)
-    if has_scales:
-        for name in names:
-            axes[0, 1].plot(epochs, [h["layers"][name]["scale"] for h in history], marker=".", label=name)
-        axes[0, 1].set(xlabel="epoch", ylabel="learned scale", title="Smart Rescale per layer")
-        axes[0, 1].legend(fontsize=7)
-    return finish_figure(figure, path)
 
 
 def _check_mask_function(method, expected):

@@ -1,33 +1,27 @@
-"""Gradual magnitude pruning, the baseline every other method is measured against."""
+"""Gradual magnitude pruning, the baseline every other method is measured against.
+
+Zhu & Gupta, "To prune, or not to prune", arXiv:1710.01878 (2017); tfmot's
+`prune_low_magnitude`.
+"""
 
 from tfsparse import allocation as allocation_lib
 from tfsparse import schedules as schedules_lib
-from tfsparse.methods.base import PruningMethod, UpdateSteps, register
+from tfsparse.masking import prune_once
+from tfsparse.methods.base import PruningMethod
 
 
-@register(
-    "magnitude",
-    "Gradual magnitude pruning on a polynomial schedule (tfmot's prune_low_magnitude).",
-    "Zhu & Gupta, 'To prune, or not to prune', arXiv:1710.01878 (2017)",
-)
 class MagnitudePruning(PruningMethod):
     """Gradual magnitude pruning, step for step like tfmot.
 
-    The step counter is tfmot's: before training batch `i` (0-based over the
-    whole fit) the step is `optimizer.iterations + 1`; when
-    `schedule.should_prune(step)`, the masks are recomputed from the
-    magnitudes of the current effective kernels (pruned weights count as 0,
-    so masks only shrink while the sparsity rises) and the new masks are used
-    in that batch already. Newly pruned kernel entries and their optimizer
-    slots are set to zero.
-
-    With `steps_per_execution=K` the callback sees the model only between
-    calls of K steps: an update due before a batch inside a call is applied
-    at the call's end (`tfsparse.methods.base.UpdateSteps`), up to K - 1
-    steps late, at its scheduled sparsity; when several fall due in one
-    call, one update at the latest one's sparsity does them all (the masks
-    only shrink). The final masks are the same as with one step per
-    execution.
+    The schedule counts steps as tfmot does, from 1: before the batch that
+    follows step n (`tfsparse.methods.base.PruningMethod`) its step is
+    n + 1. When `schedule.should_prune(n + 1)`, the masks are recomputed
+    from the magnitudes of the current effective kernels (pruned weights
+    count as 0, so masks only shrink while the sparsity rises) at
+    `schedule(n + 1)`, and the new masks are used in that batch already.
+    Newly pruned kernel entries and their optimizer slots are set to zero.
+    As the masks only shrink, when several updates fall due at one hook
+    (`steps_per_execution` > 1) the latest alone does them all.
 
     Args:
         target_sparsity: final sparsity in [0, 1). With no `schedule`, the
@@ -68,16 +62,8 @@ class MagnitudePruning(PruningMethod):
     ```
     """
 
-    cli_options = {
-        "allocation": dict(choices=list(allocation_lib.NAMES), default="layer",
-                           help="per-layer budget: every layer at the target, one global threshold "
-                                "(1 %% floor per layer), one threshold over LAMP scores, or ERK"),
-        "frequency": dict(type=int, default=100, help="steps between mask updates"),
-        "end_fraction": dict(type=float, default=0.7, help="fraction of training over which sparsity ramps up"),
-        "granularity": dict(type=allocation_lib.granularity_name, default="weight",
-                            help="unit of pruning: weight, blockRxC (e.g. block4x1, block16x1, block4x1-max: "
-                                 "LiteRT's sparse FULLY_CONNECTED blocks) or N:M (e.g. 2:4, target <= 1 - N/M)"),
-    }
+    update_at = "before_batch"
+    latest_update_only = True
 
     def __init__(
         self,
@@ -102,7 +88,6 @@ class MagnitudePruning(PruningMethod):
             self.allocation.granularity.check_sparsity(target_sparsity, "target_sparsity")
         self.end_fraction = end_fraction
         self.frequency = frequency
-        self.update_steps = UpdateSteps(self, self._due, after_batch=False)
 
     def on_train_begin(self, logs=None):
         if self.schedule is None:
@@ -117,26 +102,15 @@ class MagnitudePruning(PruningMethod):
             )
         self.allocation.check_names([w.name for w in self.masked_weights])
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.update_steps.epoch_begin()
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._prune(self.update_steps.at_batch_begin(batch))
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._prune(self.update_steps.at_batch_end(batch))
-
-    def _due(self, step):
-        # tfmot numbers the batch about to run from 1: after `step` steps, step + 1.
+    def is_due(self, step):
         return self.schedule.should_prune(step + 1)
 
-    def _prune(self, due):
-        if due:
-            self.update_masks(self.schedule(due[-1] + 1))
+    def update(self, step):
+        self.update_masks(self.schedule(step + 1))
 
     def update_masks(self, sparsity):
         """Recomputes all masks by magnitude at `sparsity` (one update)."""
-        self.assign_masks(self.allocation.masks(self.magnitude_scores(), sparsity))
+        prune_once(self.model, sparsity, self.allocation)
 
 
 def _default_end_step(total, end_fraction, frequency):

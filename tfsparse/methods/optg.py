@@ -27,21 +27,21 @@ included); a global top-k is invariant to a constant factor on all scores, so
 only the shape of lr_w over time matters, not its scale.
 """
 
+import math
+import warnings
+
 import keras
 import numpy as np
 
 from tfsparse import allocation as allocation_lib
 from tfsparse import schedules
-from tfsparse._utils import finish_figure, new_figure
 from tfsparse.mask_functions import ScoreSGD, set_learning_rate
-from tfsparse.methods.base import PruningMethod, check_integer, register
+from tfsparse.methods.base import BudgetWarning, PruningMethod, check_integer
+
+#: Epochs at (95 % of) the target below which a fit draws a `BudgetWarning`.
+MIN_RECOVERY_EPOCHS = 2
 
 
-@register(
-    "optg",
-    "OptG: straight-through supermask scores (signed g*W) with a per-epoch global top-k on a sigmoid schedule.",
-    "Zhang, Lin et al., 'Optimizing Gradient-driven Criteria in Network Sparsity', arXiv:2201.12826",
-)
 class OptG(PruningMethod):
     """OptG as a Keras callback (with the `ScoreSGD` mask function).
 
@@ -64,13 +64,10 @@ class OptG(PruningMethod):
     ```
 
     `history` holds, per epoch: the applied sparsity, the mask learning
-    rate and the fraction of mask entries that flipped; `plot_history` draws
-    them.
+    rate and the fraction of mask entries that flipped.
     """
 
-    cli_options = {
-        "beta": dict(type=float, default=1.0, help="steepness of OptG's sigmoid schedules"),
-    }
+    update_at = "epoch_begin"
 
     def __init__(self, target_sparsity, epochs=None, beta=1.0):
         super().__init__()
@@ -85,10 +82,6 @@ class OptG(PruningMethod):
         self.schedule = None
         self.allocation = allocation_lib.Global()
         self.history = []
-
-    @classmethod
-    def from_cli(cls, target_sparsity, epochs, train_data, **options):
-        return cls(target_sparsity, epochs=epochs, **options)
 
     @property
     def layer_options(self):
@@ -107,9 +100,22 @@ class OptG(PruningMethod):
 
     def on_train_begin(self, logs=None):
         epochs = self.epochs or self.params.get("epochs")
+        # The schedule rises from 5 % to 95 % of the target over about 6 / beta
+        # epochs centred at E / 2; the epochs after that are the sparse network's
+        # to recover in (the paper trains 100).
+        recovery = epochs / 2 - 3 / self.beta
+        if recovery < MIN_RECOVERY_EPOCHS:
+            warnings.warn(
+                f"OptG over {epochs} epochs reaches 95 % of its target sparsity {recovery:.1f} epoch(s) "
+                f"before the end (beta={self.beta}): too few for the pruned network to recover, so this "
+                f"run says little about the method. Train for at least "
+                f"{math.ceil(2 * (MIN_RECOVERY_EPOCHS + 3 / self.beta))} epochs (the paper: 100).",
+                BudgetWarning, stacklevel=2,
+            )
         self.schedule = schedules.SigmoidStep(self.target_sparsity, epochs, self.beta, end_at_target=True)
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def update(self, epoch):
+        """The global top-k and the mask learning rate of `epoch`, before its first step."""
         sparsity = self.schedule(epoch)
         learning_rate = self.mask_learning_rate(epoch)
         before = self.masks()
@@ -139,24 +145,3 @@ class OptG(PruningMethod):
         """lr_w(epoch) * sigmoid(beta * (epoch - E/2))."""
         weight_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         return weight_rate * schedules._sigmoid(self.beta * (epoch - 0.5 * self.schedule.total_epochs))
-
-    def finish(self, model, directory, retrain, evaluate):
-        plot_history(self.history, directory / "optg.png")
-        return {"mask_flips_last_epoch": self.history[-1]["flip_fraction"]} if self.history else {}
-
-
-def plot_history(history, path=None):
-    """Sparsity and mask learning rate per epoch; fraction of mask flips per
-    epoch (an `OptG`'s `history`); returns the figure, saved to `path` when given."""
-    epochs = [h["epoch"] for h in history]
-    figure, (left, right) = new_figure(10, 3.5, 1, 2)
-    left.plot(epochs, [h["sparsity"] for h in history], marker="o", label="sparsity s(e)")
-    left.set(xlabel="epoch", ylabel="sparsity", title="OptG schedules")
-    rate_axis = left.twinx()
-    rate_axis.plot(epochs, [h["mask_learning_rate"] for h in history], color="tab:orange", label="mask lr")
-    rate_axis.set_ylabel("mask learning rate")
-    left.legend(loc="upper left")
-    rate_axis.legend(loc="lower right")
-    right.bar(epochs, [h["flip_fraction"] for h in history])
-    right.set(xlabel="epoch", ylabel="fraction of mask entries flipped", title="mask flips at each epoch start")
-    return finish_figure(figure, path)

@@ -31,7 +31,7 @@ import numpy as np
 
 from tfsparse._utils import require
 
-logger = logging.getLogger("tfsparse.datasets")
+logger = logging.getLogger(__name__)
 
 NAMES = ("mnist", "fashion_mnist", "cifar10")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -6,8 +6,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tfsparse._utils import finish_figure, new_figure
 from tfsparse.stats import format_table
+from tfsparse_app.plots import plot_layers, plot_training
 
 
 class OutputDirectory:
@@ -99,35 +99,3 @@ Data source: {result['data_source']}
 ![layers](layers.png)
 """
 
-
-def plot_training(history, path=None):
-    """Training and validation accuracy and the sparsity per epoch (a `fit`
-    history with the "sparsity" of `tfsparse.callbacks.SparsityLogger`);
-    returns the figure, saved to `path` when given."""
-    epochs = range(1, len(history["loss"]) + 1)
-    fig, accuracy_axis = new_figure(6, 3.5)
-    for key, style in (("accuracy", "-"), ("val_accuracy", "--")):
-        if key in history:
-            accuracy_axis.plot(epochs, history[key], style, color="tab:blue", label=key)
-    accuracy_axis.set_xlabel("epoch")
-    accuracy_axis.set_ylabel("accuracy", color="tab:blue")
-    sparsity_axis = accuracy_axis.twinx()
-    sparsity_axis.plot(epochs, history.get("sparsity", [0] * len(epochs)), color="tab:red", label="sparsity")
-    sparsity_axis.set_ylabel("sparsity", color="tab:red")
-    sparsity_axis.set_ylim(0, 1)
-    accuracy_axis.legend(loc="lower left")
-    return finish_figure(fig, path)
-
-
-def plot_layers(rows, path=None):
-    """Sparsity per weight matrix (the rows of `tfsparse.stats.layer_rows`);
-    returns the figure, saved to `path` when given."""
-    fig, axis = new_figure(6, 0.4 * len(rows) + 1.2)
-    names = [r["name"] for r in rows]
-    axis.barh(names, [r["sparsity"] for r in rows], color="tab:red")
-    axis.set_xlim(0, 1)
-    axis.set_xlabel("sparsity")
-    axis.invert_yaxis()
-    for y, row in enumerate(rows):
-        axis.text(min(row["sparsity"], 0.85) + 0.01, y, f"{row['nonzeros']}/{row['params']}", va="center", fontsize=8)
-    return finish_figure(fig, path)

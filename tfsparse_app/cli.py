@@ -32,15 +32,15 @@ def main(argv=None):
 
 
 def build_parser():
-    from tfsparse import datasets, methods, models
+    from tfsparse_app import datasets, recipes, zoo
 
     parser = argparse.ArgumentParser(prog="tfsparse", description="Pruning and sparse training for Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train a zoo model with a method and write model + report",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    run.add_argument("--method", required=True, choices=["dense", *sorted(methods.registered())])
-    run.add_argument("--model", default="lenet_300_100", choices=sorted(models.BUILDERS))
+    run.add_argument("--method", required=True, choices=["dense", *sorted(recipes.RECIPES)])
+    run.add_argument("--model", default="lenet_300_100", choices=sorted(zoo.BUILDERS))
     run.add_argument("--dataset", default="fashion_mnist", choices=list(datasets.NAMES))
     run.add_argument("--sparsity", type=float, default=0.9, help="target sparsity in [0, 1)")
     run.add_argument("--epochs", type=int, default=10)
@@ -51,12 +51,12 @@ def build_parser():
     run.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     run.add_argument("--max-train", type=int, help="use only the first N training examples")
     run.add_argument("--max-test", type=int, help="use only the first N test examples")
-    run.add_argument("--data-dir", help="directory with local data files (see tfsparse.datasets)")
+    run.add_argument("--data-dir", help="directory with local data files (see tfsparse_app.datasets)")
     run.add_argument("--offline", action="store_true", help="never download data")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--export", choices=EXPORT_CHOICES,
                      help="also write model.tflite (sparse, with this quantization), verified in LiteRT")
-    _add_method_options(run, methods.registered())
+    _add_method_options(run, recipes.RECIPES)
     run.set_defaults(handler=_run)
 
     demo = commands.add_parser("demo", help="the main job on offline data: dense vs 90%% pruned, a few minutes")
@@ -74,7 +74,10 @@ def build_parser():
                         help="data set for int8 calibration and for verification (default: random inputs)")
     export.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs (with --quantization int8)")
     export.add_argument("--dense", action="store_true", help="no sparse weight encoding")
-    export.add_argument("--data-dir", help="directory with local data files (see tfsparse.datasets)")
+    export.add_argument("--policy", choices=("smallest", "fastest", "both"),
+                        help="convert sparse and dense, time both in LiteRT (batch 1) and write the smallest file, "
+                             "the fastest, or both (the fastest as OUT's name + .fastest.tflite); prints the comparison")
+    export.add_argument("--data-dir", help="directory with local data files (see tfsparse_app.datasets)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     export.set_defaults(handler=_export)
 
@@ -85,7 +88,7 @@ def build_parser():
     compress.add_argument("--bits", type=int, help="bits for every layer (default: searched with --data)")
     compress.add_argument("--data", choices=list(datasets.NAMES), help="calibration data for the bit search")
     compress.add_argument("--budget", type=float, default=0.01, help="KL budget of the bit search")
-    compress.add_argument("--data-dir", help="directory with local data files (see tfsparse.datasets)")
+    compress.add_argument("--data-dir", help="directory with local data files (see tfsparse_app.datasets)")
     compress.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     compress.set_defaults(handler=_compress)
 
@@ -104,11 +107,11 @@ def build_parser():
     return parser
 
 
-def _add_method_options(parser, registered):
+def _add_method_options(parser, recipes):
     """One flag per option name; its help says which methods use it."""
     users = {}
-    for name, cls in sorted(registered.items()):
-        for option, spec in cls.cli_options.items():
+    for name, recipe in sorted(recipes.items()):
+        for option, spec in recipe.options.items():
             users.setdefault(option, (spec, {}))[1][name] = spec.get("default")
     group = parser.add_argument_group("method options (only for the methods named in each help)")
     for option, (spec, defaults) in users.items():
@@ -122,11 +125,11 @@ def _add_method_options(parser, registered):
 
 
 def _run(args, parser):
-    from tfsparse import methods, runner
+    from tfsparse_app import recipes, runner
 
-    known = set() if args.method == runner.DENSE else set(methods.get(args.method).cli_options)
+    known = set() if args.method == runner.DENSE else set(recipes.get(args.method).options)
     options = {}
-    for option in _all_method_options():
+    for option in dict.fromkeys(option for recipe in recipes.RECIPES.values() for option in recipe.options):
         if hasattr(args, option):
             if option not in known:
                 parser.error(f"--{option.replace('_', '-')} is not an option of --method {args.method}")
@@ -143,7 +146,11 @@ def _run(args, parser):
     metrics = result["metrics"]
     written = sorted(p.name for p in Path(args.out).iterdir())
     print(f"\ntest accuracy {metrics['test_accuracy']:.4f}  sparsity {metrics['sparsity']:.2%}  "
-          f"({result['data_source']})\nwrote {Path(args.out).resolve()}: {', '.join(written)}")
+          f"({result['data_source']})")
+    for key, value in metrics.items():  # the models of later phases (ASNI-II, DE and its baseline)
+        if key.endswith("_test_accuracy"):
+            print(f"{key.removesuffix('_test_accuracy')}: test accuracy {value:.4f}")
+    print(f"wrote {Path(args.out).resolve()}: {', '.join(written)}")
     if "tflite" in result:
         print(result["tflite_summary"])
 
@@ -153,20 +160,28 @@ def _quantization(choice):
 
 
 def _export(args, parser):
-    from tfsparse import datasets, export
+    from tfsparse import export, export_policy
+    from tfsparse.quantization import is_quantize_aware as quantize_aware
+    from tfsparse_app import datasets
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
     quantization = _quantization(args.quantization)
-    if quantization == "int8" and args.data is None:
-        parser.error("--quantization int8 needs --data (calibration inputs)")
+    if args.policy is not None and args.dense:
+        parser.error("--policy chooses between the sparse and the dense file itself; leave out --dense")
+    if args.policy == "both":
+        _refuse_existing(export_policy.fastest_path(out), args.overwrite)
     model = _load_keras(Path(args.model))
+    if quantization == "int8" and args.data is None and not quantize_aware(model):
+        parser.error("--quantization int8 needs --data (calibration inputs), unless the model was trained "
+                     "with tfsparse.quantize_aware (its learned ranges are used)")
     representative = verification = None
     if args.data is not None:
         data = datasets.load(args.data, data_dir=args.data_dir, max_train=1000, max_test=1000)
         representative, verification = data.x_train[:500], data.x_test
     report = export.to_tflite(model, out, quantization=quantization, representative_data=representative,
-                              sparse=not args.dense, int8_io=args.int8_io, verification_data=verification)
+                              sparse=not args.dense, int8_io=args.int8_io, verification_data=verification,
+                              policy=args.policy)
     print(report)
 
 
@@ -187,7 +202,8 @@ def _refuse_existing(out, overwrite):
 
 
 def _compress(args, parser):
-    from tfsparse import compression, datasets
+    from tfsparse import compression
+    from tfsparse_app import datasets
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
@@ -214,14 +230,8 @@ def _decompress(args, parser):
     print(f"wrote {out}")
 
 
-def _all_method_options():
-    from tfsparse import methods
-
-    return {option for cls in methods.registered().values() for option in cls.cli_options}
-
-
 def _demo(args, parser):
-    from tfsparse import report, runner
+    from tfsparse_app import report, runner
 
     out = report.OutputDirectory(args.out, overwrite=args.overwrite)
     dataset = "fashion_mnist" if _has_fashion_mnist() else "mnist"
@@ -250,7 +260,7 @@ Next: tfsparse inspect {final / 'magnitude' / 'model.keras'}""")
 
 def _has_fashion_mnist():
     """True when Fashion-MNIST is available without a download."""
-    from tfsparse import datasets
+    from tfsparse_app import datasets
 
     try:
         datasets.load("fashion_mnist", download=False, max_train=1, max_test=1)
@@ -283,10 +293,10 @@ def _inspect(args, parser):
 
 
 def _methods(args, parser):
-    from tfsparse import methods
+    from tfsparse_app import recipes
 
-    for name, cls in sorted(methods.registered().items()):
-        print(f"{name:12s} {cls.summary}\n{'':12s} paper: {cls.paper}")
+    for name, recipe in sorted(recipes.RECIPES.items()):
+        print(f"{name:12s} {recipe.summary}\n{'':12s} paper: {recipe.paper}")
 
 
 if __name__ == "__main__":
