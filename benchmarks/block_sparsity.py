@@ -16,7 +16,7 @@ under tf_keras. The seed-0 model of each configuration is exported by
 `tfsparse.export.to_tflite` in float32 and int8 (tfmot's weights are loaded
 into the same Keras 3 architecture first, so both go through the same
 converter); then every file is timed in every LiteRT configuration, side by
-side in one run (`litert_latency.compare`).
+side in one run (`tfsparse.latency.compare`).
 
     python benchmarks/block_sparsity.py [--seeds 3] [--epochs 8] [--rounds 10] [--invokes 500]
 
@@ -220,9 +220,9 @@ def main():
     if args.reuse_latency:
         latency = json.loads((CACHE / "latency.json").read_text())
     else:
-        import litert_latency
+        from tfsparse.latency import compare
 
-        latency = litert_latency.compare(files, rounds=args.rounds, invokes=args.invokes, warmup=args.warmup)
+        latency = compare(files, rounds=args.rounds, invokes=args.invokes, warmup=args.warmup)
         CACHE.mkdir(parents=True, exist_ok=True)
         (CACHE / "latency.json").write_text(json.dumps(latency, indent=1))
     write(args, source, runs, exports, latency)
@@ -240,9 +240,9 @@ def units_without_input(weights):
 
 
 def write(args, source, runs, exports, latency):
-    import litert_latency
+    from tfsparse.latency import CONFIGS
 
-    keys = [f"{runtime}/{threads}" for runtime, threads in litert_latency.CONFIGS]
+    keys = [f"{runtime}/{threads}" for runtime, threads in CONFIGS]
     text = f"""# Block and N:M sparsity: accuracy, files, LiteRT latency (issue 20)
 
 Command: `python benchmarks/block_sparsity.py --seeds {args.seeds} --epochs {args.epochs} --rounds {args.rounds} --invokes {args.invokes} --warmup {args.warmup}`
@@ -274,7 +274,7 @@ converter). "kernels": the encoding of the three weight matrices (784x300, 300x1
 {files_table(exports, BLOCK)}
 
 LiteRT latency per example (batch 1), median ms (IQR) of {args.rounds} rounds x {args.invokes} invokes after
-{args.warmup} warm-up invokes (`benchmarks/litert_latency.py`), every file and configuration interleaved in
+{args.warmup} warm-up invokes (`tfsparse.latency`), every file and configuration interleaved in
 the same run; "x": the ratio to the dense file of the same model and precision in the same configuration;
 "fails": the configuration does not run the file (errors below); "(noisy)": IQR above the median, the
 machine was busy meanwhile (2-thread runs suffer most). "XNNPACK nodes": delegate nodes in the
@@ -448,12 +448,10 @@ def failures(latency):
 
 
 def plot(runs, latency, keys, path):
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(1, 3, figsize=(18, 5.5), gridspec_kw={"width_ratios": [1.2, 0.8, 1.6]})
+    figure = Figure(figsize=(18, 5.5))
+    axes = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1.2, 0.8, 1.6]})
     for axis, configs, title in ((axes[0], BLOCK, "LeNet-300-100 at 0.9"), (axes[1], NM, "2:4 vs unstructured 0.5")):
         labels = [c.label if c.model == LENET else f"{c.label} (LeNet-5)" for c in configs]
         for index, config in enumerate(configs):
@@ -477,7 +475,6 @@ def plot(runs, latency, keys, path):
     axes[2].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def _version(name):

@@ -36,8 +36,9 @@ import numpy as np  # noqa: E402
 import common  # noqa: E402
 import litert_latency  # noqa: E402
 import tfsparse  # noqa: E402
-from tfsparse import datasets, export, models  # noqa: E402
+from tfsparse import export, latency  # noqa: E402
 from tfsparse.methods import ChannelPruning, MagnitudePruning  # noqa: E402
+from tfsparse_app import datasets, zoo  # noqa: E402
 
 CACHE = common.RESULTS / "cache" / "channel_pruning"
 BATCH_SIZE = 128
@@ -83,7 +84,7 @@ def train_resnet(data, args, seed):
 
     def dense_start():
         keras.utils.set_random_seed(seed)
-        model = compiled(models.resnet20(data.input_shape, data.num_classes), args.lr)
+        model = compiled(zoo.resnet20(data.input_shape, data.num_classes), args.lr)
         fit(model, data, args.epochs)
         return model, {}
 
@@ -173,9 +174,9 @@ def main():
         resnet_files = export_files({name: model for name, (model, _) in first.items()}, directory, sample,
                                     sparse_names=("unstructured, same nonzeros",))
         sizes = {name: os.path.getsize(path) for name, path in resnet_files.items()}
-        resnet_latency = litert_latency.compare(resnet_files, rounds=args.rounds, invokes=args.invokes)
+        resnet_latency = latency.compare(resnet_files, rounds=args.rounds, invokes=args.invokes)
         app_files, app_params = applications(directory, args.input_size)
-        app_latency = litert_latency.compare(app_files, rounds=3, invokes=max(args.invokes // 20, 5), warmup=5)
+        app_latency = latency.compare(app_files, rounds=3, invokes=max(args.invokes // 20, 5), warmup=5)
     write(args, data, first, accuracies, sizes, resnet_latency, app_params, app_latency)
 
 
@@ -238,12 +239,10 @@ All configurations:
 
 
 def plot(first, accuracies, latency):
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.5, 4))
+    figure = Figure(figsize=(6.5, 4))
+    axis = figure.subplots()
     for name in first:
         result = latency[name]["xnnpack/1"]
         if result["ok"]:
@@ -253,7 +252,6 @@ def plot(first, accuracies, latency):
     axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(common.RESULTS / "channel_pruning.png", dpi=100)
-    plt.close(figure)
 
 
 if __name__ == "__main__":

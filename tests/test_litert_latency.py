@@ -1,4 +1,4 @@
-"""benchmarks/litert_latency.py: what it reports, never how fast anything is."""
+"""tfsparse.latency and benchmarks/litert_latency.py: what they report, never how fast anything is."""
 
 import sys
 from pathlib import Path
@@ -9,6 +9,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import litert_latency  # noqa: E402
+
+from tfsparse import latency  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def tiny_tflite():
 
 @pytest.mark.parametrize("runtime", ["xnnpack", "builtin"])
 def test_the_median_is_over_exactly_the_requested_invokes(tiny_tflite, runtime):
-    result = litert_latency.measure(tiny_tflite, runtime, threads=2, invokes=37, warmup=3)
+    result = latency.measure(tiny_tflite, runtime, threads=2, invokes=37, warmup=3)
     assert result["ok"] and result["runtime"] == runtime and result["threads"] == 2
     assert result["invokes"] == len(result["times_ms"]) == 37
     assert result["median_ms"] == pytest.approx(np.median(result["times_ms"]))
@@ -36,9 +38,9 @@ def test_the_median_is_over_exactly_the_requested_invokes(tiny_tflite, runtime):
 
 
 def test_a_file_that_does_not_run_is_reported_not_raised(tiny_tflite, tmp_path):
-    result = litert_latency.measure(b"not a flatbuffer", "builtin", threads=1, invokes=5)
+    result = latency.measure(b"not a flatbuffer", "builtin", threads=1, invokes=5)
     assert result["ok"] is False and result["error"].startswith("ValueError")
-    results = litert_latency.compare({"garbage": b"not a flatbuffer", "tiny": tiny_tflite},
+    results = latency.compare({"garbage": b"not a flatbuffer", "tiny": tiny_tflite},
                                      configs=[("builtin", 1), ("xnnpack", 1)], rounds=3, invokes=4, warmup=1)
     assert [r["ok"] for r in results["garbage"].values()] == [False, False]
     tiny = results["tiny"]
@@ -51,6 +53,6 @@ def test_a_file_that_does_not_run_is_reported_not_raised(tiny_tflite, tmp_path):
 
 def test_a_configuration_that_cannot_exist_raises(tiny_tflite):
     with pytest.raises(ValueError, match="runtime"):
-        litert_latency.measure(tiny_tflite, "gpu")
+        latency.measure(tiny_tflite, "gpu")
     with pytest.raises(ValueError, match="threads"):
-        litert_latency.compare({"tiny": tiny_tflite}, configs=[("builtin", 0)])
+        latency.compare({"tiny": tiny_tflite}, configs=[("builtin", 0)])

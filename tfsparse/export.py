@@ -44,10 +44,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tfsparse import layers as masked_layers
+from tfsparse import export_policy, latency
 from tfsparse import quantization as qat
 from tfsparse import tflite_tensors
-from tfsparse.surgery import strip
+from tfsparse._utils import write_atomically
+from tfsparse.surgery import is_pruned, strip
 
 QUANTIZATIONS = (None, "dynamic", "float16", "int8")
 VERIFY_SAMPLES = 256
@@ -56,10 +57,9 @@ CALIBRATION_SAMPLES = 500
 SMALL_IDS = 8
 
 #: (name, keyword arguments of ai_edge_litert.interpreter.Interpreter), in the order tried.
-RUNTIMES = (
-    ("default (XNNPACK delegate)", {}),
-    ("builtin kernels, no default delegates", {"experimental_op_resolver_type": "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}),
-)
+RUNTIMES = tuple((latency.RUNTIME_NAMES[key], options) for key, options in latency.RUNTIMES.items())
+#: A LiteRT interpreter of a file, with the `interpreter_options` of its `ExportReport`.
+interpreter = latency.interpreter
 
 
 @dataclass
@@ -89,6 +89,12 @@ class ExportReport:
         verification_inputs: where the verification inputs came from.
         tensors: per-constant-tensor rows from the flatbuffer
             (`tfsparse.tflite_tensors.tensor_rows`).
+        policy: the `policy` given to `to_tflite`, or None.
+        candidates: with a policy, one row per (encoding, runtime) it
+            compared: size_bytes, median_ms (batch 1), or why_not.
+        choice: with a policy, which file was written and why.
+        also_wrote: with `policy="both"`, the fastest file when it is not
+            the one at `path`.
     """
 
     path: Path
@@ -107,6 +113,10 @@ class ExportReport:
     batch_size: int
     verification_inputs: str
     tensors: list = field(repr=False)
+    policy: str = None
+    candidates: list = field(default_factory=list, repr=False)
+    choice: str = None
+    also_wrote: Path = None
 
     @property
     def size_ratio(self):
@@ -126,6 +136,8 @@ class ExportReport:
             "samples": self.samples, "sparse_tensors": self.sparse_tensors,
             "inputs": self.inputs, "outputs": self.outputs, "batch_size": self.batch_size,
             "verification_inputs": self.verification_inputs,
+            "policy": self.policy, "candidates": self.candidates, "choice": self.choice,
+            "also_wrote": None if self.also_wrote is None else str(self.also_wrote),
         }
 
     def __str__(self):
@@ -148,6 +160,9 @@ class ExportReport:
         for name, error in self.attempts:
             if error is not None:
                 lines.append(f"does not run with: {name} ({error})")
+        if self.policy is not None:
+            lines += [f"policy '{self.policy}': wrote the {self.choice}",
+                      export_policy.candidates_table(self.candidates)]
         return "\n".join(lines)
 
 
@@ -180,6 +195,8 @@ def to_tflite(
     verification_data=None,
     input_signature=None,
     batch_size=None,
+    policy=None,
+    threads=1,
 ):
     """Converts `model` to a verified .tflite file at `path`.
 
@@ -222,6 +239,17 @@ def to_tflite(
         batch_size: the batch size fixed in the file; None: any batch, or 1
             for models with recurrent layers that are not unrolled (their
             TFLite loop needs a static batch).
+        policy: None (write the encoding `sparse` says), or which file to
+            write, measured rather than assumed: `"smallest"`, `"fastest"`
+            (median batch-1 latency on this machine, `threads` threads,
+            over every LiteRT configuration that computes the model) or
+            `"both"` (the smallest at `path`, the fastest beside it as
+            `<name>.fastest.tflite` when it differs). The model is converted
+            sparse and dense with the same quantization, both verified; the
+            report lists the comparison (`candidates`) and the `choice`.
+            Sparse int8 files, for one, are the smallest but do not run
+            under XNNPACK, where dense int8 is fastest.
+        threads: interpreter threads for the `policy` timings.
 
     Returns:
         An `ExportReport` (`print` it for a summary).
@@ -237,10 +265,18 @@ def to_tflite(
     import tensorflow as tf
 
     path = Path(path)
+    if policy is not None:
+        export_policy.check_policy(policy, sparse)
+        _check_arguments(model, path, quantization, representative_data, int8_io, batch_size)
+        return export_policy.write_by_policy(
+            to_tflite, model, path, policy, threads=threads, quantization=quantization,
+            representative_data=representative_data, int8_io=int8_io, allow_flex_ops=allow_flex_ops,
+            verification_data=verification_data, input_signature=input_signature, batch_size=batch_size,
+        )
     _check_arguments(model, path, quantization, representative_data, int8_io, batch_size)
     loops = _recurrent_loops(model)
     from_qat = quantization == "int8" and qat.is_quantize_aware(model)
-    plain = model if from_qat else strip(model) if _is_masked(model) else model
+    plain = model if from_qat else strip(model) if is_pruned(model) else model
     structure = _model_inputs(plain, input_signature)
     inputs = keras.tree.flatten(structure)
     _build(plain, structure)
@@ -265,7 +301,7 @@ def to_tflite(
     expected = _keras_outputs(plain, structure, samples)
     runtime, options, attempts, outputs, rows = _run_verified(content, samples, expected, quantization)
     top1 = [row["top1_agreement"] for row in rows.values() if row["top1_agreement"] is not None]
-    _write_atomically(path, content)
+    write_atomically(path, content)
     return ExportReport(
         path=path, size_bytes=len(content), dense_float_size_bytes=dense_size,
         quantization="int8 (quantization-aware ranges)" if from_qat else quantization or "none (float32)",
@@ -300,18 +336,6 @@ def xnnpack_sparse_layer(layer):
         and layer.groups == 1
         and spatial != (1, 1)
     )
-
-
-def interpreter(path_or_content, options=None, num_threads=None):
-    """A LiteRT interpreter with `options` from an `ExportReport`."""
-    from ai_edge_litert import interpreter as litert
-
-    kwargs = dict(options or {})
-    if "experimental_op_resolver_type" in kwargs:
-        kwargs["experimental_op_resolver_type"] = getattr(litert.OpResolverType, kwargs["experimental_op_resolver_type"])
-    source = {"model_content": path_or_content} if isinstance(path_or_content, bytes) else {
-        "model_path": str(path_or_content)}
-    return litert.Interpreter(**source, num_threads=num_threads, **kwargs)
 
 
 def run(interp, inputs):
@@ -403,8 +427,11 @@ def _refuse_lost_blocks(content):
         raise ValueError(
             "The converter stored a block-sparse kernel without its partial last block, so the "
             f"quantized file would compute a different model ({details}); nothing was written. "
-            "Prune with a block that divides the layer's input size, leave that layer dense "
-            "(`exclude=` in tfsparse.prune), or export with sparse=False."
+            "The converter picks block encoding itself where whole blocks are zero, also for "
+            "unstructured masks at high sparsity. Export with policy=\"smallest\" (it writes the "
+            "dense-encoded file when the sparse one cannot be right) or sparse=False; or prune with a "
+            "block that divides the layer's input size, or leave that layer dense (`exclude=` in "
+            "tfsparse.prune)."
         )
 
 
@@ -821,16 +848,6 @@ def _describe(data):
         return f"a {type(data).__name__} of {len(data)} items"
     shape = getattr(data, "shape", None)
     return f"{type(data).__name__}" + ("" if shape is None else f" of shape {tuple(shape)}")
-
-
-def _is_masked(model):
-    return any(masked_layers.is_masked(layer) for layer in model._flatten_layers(include_self=False))
-
-
-def _write_atomically(path, content):
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_bytes(content)
-    os.replace(temporary, path)
 
 
 def _first_line(error):
