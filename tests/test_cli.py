@@ -94,6 +94,7 @@ def test_run_asni_with_the_asni2_phase(tmp_path, capsys):
     metrics = json.loads((out / "report.json").read_text())["metrics"]
     assert metrics["sparsity"] == pytest.approx(0.8, abs=0.002)
     assert 0.1 < metrics["asni2_test_accuracy"] <= 1.0
+    assert metrics["asni_scale"] == 0.4 and 0.8 < metrics["asni_magnitude"] < 1.0  # the schedule used
     assert metrics["asni2_init_bytes"] * 20 < metrics["dense_init_bytes"]
     assert {"asni_schedule.png", "asni2_centroids.png", "asni2_init.npz"} <= {p.name for p in out.iterdir()}
 

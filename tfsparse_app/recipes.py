@@ -143,13 +143,15 @@ def _asni_phases(job, method, model):
     """The schedule plot; with `--asni2`, ASNI-II: the 2-numbers-per-layer
     initialization, written and plotted, and a retraining from it."""
     plots.plot_asni_schedule(method.schedule, method.history, job.directory / "asni_schedule.png")
+    schedule = {"asni_scale": method.schedule.scale, "asni_magnitude": method.schedule.magnitude}
     if not job.options.get("asni2"):
-        return {}
+        return schedule
     init = methods.amenable_initialization(model)
     (job.directory / "asni2_init.npz").write_bytes(init.to_bytes())
     plots.plot_asni2_centroids(model, init, job.directory / "asni2_centroids.png")
     metrics = job.retrain(methods.amenable_model(model, init))
     return {
+        **schedule,
         "asni2_test_accuracy": metrics["test_accuracy"],
         "asni2_init_bytes": init.size_bytes(),
         "dense_init_bytes": init.dense_size_bytes(),
