@@ -7,13 +7,15 @@ Jobs (a JSON object on the command line):
 - {"kind": "epoch_time", "library": "keras3"|"tf_keras", ...}: per-epoch
   training time of the plain and of the pruned model, interleaved.
 - {"kind": "dst" or "method", "method": "dst-ee"|"rigl"|"set"|"optg"|
-  "magnitude-global", ...}: a tfsparse method on the shared recipe.
+  "magnitude-global", ...}: a tfsparse method on the shared recipe (Adam),
+  or with "recipe": "paper" on OptG's (see `optimizer`).
 - {"kind": "overhead", "method": ..., ...}: per-epoch times of a method and
   of the plain masked model, interleaved.
 - {"kind": "de", ...}: a dense teacher, then Directed Evolution.
 Under "tfmot"/"tf_keras" the process must run with TF_USE_LEGACY_KERAS=1.
 """
 
+import functools
 import json
 import sys
 import time
@@ -27,21 +29,27 @@ def load(job):
         return data["x_train"], data["y_train"], data["x_test"], data["y_test"]
 
 
-def build(keras, model, input_shape):
+def build(keras, model, input_shape, weight_decay=0.0):
+    """The benchmark model; `weight_decay` > 0 adds PyTorch's coupled weight
+    decay on every kernel: an L2 penalty weight_decay / 2 * sum(w ** 2) on
+    the kernel variable, so pruned entries decay too."""
     layers = keras.layers
+    options = {"kernel_regularizer": keras.regularizers.L2(weight_decay / 2)} if weight_decay else {}
+    dense = functools.partial(layers.Dense, **options)
+    conv = functools.partial(layers.Conv2D, **options)
     if model == "lenet_300_100":
-        body = [layers.Flatten(), layers.Dense(300, activation="relu"), layers.Dense(100, activation="relu")]
+        body = [layers.Flatten(), dense(300, activation="relu"), dense(100, activation="relu")]
     elif model == "lenet5":
-        body = [layers.Conv2D(6, 5, padding="same", activation="relu"), layers.MaxPooling2D(),
-                layers.Conv2D(16, 5, activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
-                layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu")]
+        body = [conv(6, 5, padding="same", activation="relu"), layers.MaxPooling2D(),
+                conv(16, 5, activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
+                dense(120, activation="relu"), dense(84, activation="relu")]
     elif model == "conv2":
-        body = [layers.Conv2D(64, 3, padding="same", activation="relu"),
-                layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
-                layers.Dense(256, activation="relu"), layers.Dense(256, activation="relu")]
+        body = [conv(64, 3, padding="same", activation="relu"),
+                conv(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
+                dense(256, activation="relu"), dense(256, activation="relu")]
     else:
         raise ValueError(model)
-    return keras.Sequential([keras.Input(input_shape), *body, layers.Dense(10)])
+    return keras.Sequential([keras.Input(input_shape), *body, dense(10)])
 
 
 def libraries(library):
@@ -88,6 +96,20 @@ def fit_same_batches(model, x, y, job, callbacks):
         order = rng.permutation(len(x))
         model.fit(x[order], y[order], batch_size=job["batch_size"], initial_epoch=epoch, epochs=epoch + 1,
                   shuffle=False, verbose=0, callbacks=callbacks)
+
+
+def optimizer(keras, job, steps_per_epoch):
+    """Adam at `learning_rate` (the shared recipe), or with "recipe": "paper"
+    OptG's: SGD momentum 0.9, the learning rate rising linearly from 0 to
+    `learning_rate` over `warmup_epochs`, then cosine to 0 at the last step
+    (its coupled "weight_decay" is in the model, see `build`)."""
+    if job.get("recipe", "adam") == "adam":
+        return keras.optimizers.Adam(job["learning_rate"])
+    warmup_steps = job["warmup_epochs"] * steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, job["epochs"] * steps_per_epoch - warmup_steps, warmup_target=job["learning_rate"],
+        warmup_steps=warmup_steps)
+    return keras.optimizers.SGD(schedule, momentum=0.9)
 
 
 def kernel_sparsity(model):
@@ -205,23 +227,47 @@ def dst_method(tfsparse, job, x, y, total_steps):
 
 
 def make_method(tfsparse, job, x, y, total_steps):
-    """The tfsparse method of a "dst", "optg" or "overhead" job."""
+    """The tfsparse method of a "dst", "optg" or "overhead" job ("magnitude-sigmoid":
+    magnitude pruning, global, on OptG's per-epoch sigmoid schedule, applied
+    before the last batch of the epoch before)."""
     if job["method"] in ("dst-ee", "rigl", "set"):
         return dst_method(tfsparse, job, x, y, total_steps)
     if job["method"] == "optg":
-        return tfsparse.methods.OptG(job["sparsity"], epochs=job["epochs"])
+        return tfsparse.methods.OptG(job["sparsity"], epochs=job["epochs"], beta=job.get("beta", 1.0))
+    if job["method"] == "optg-polynomial":
+        return optg_on_polynomial_schedule(tfsparse, job["sparsity"], job["epochs"], job["end_fraction"])
     if job["method"] in ("aslp", "aslp-norescale"):
         return tfsparse.methods.ASLP(smart_rescale=job["method"] == "aslp", seed=job["seed"])
     if job["method"] == "supermask":
         return tfsparse.methods.Supermask(seed=job["seed"])
     if job["method"] == "edge-popup":
         return tfsparse.methods.EdgePopup(job["keep_fraction"], seed=job["seed"])
+    if job["method"] == "magnitude-sigmoid":  # ablation: OptG's schedule, the magnitude criterion
+        steps_per_epoch = total_steps // job["epochs"]
+        sigmoid = tfsparse.schedules.SigmoidStep(job["sparsity"], job["epochs"], end_at_target=True)
+        schedule = tfsparse.schedules.FunctionSchedule(lambda step: sigmoid(step // steps_per_epoch), steps_per_epoch)
+        return tfsparse.methods.MagnitudePruning(schedule=schedule, allocation="global")
     if job["method"] in ("magnitude-global", "magnitude-layer"):
         schedule = tfsparse.schedules.PolynomialDecay(
             0.0, job["sparsity"], begin_step=0, end_step=int(job["end_fraction"] * total_steps) // 100 * 100,
             frequency=100)
         return tfsparse.methods.MagnitudePruning(schedule=schedule, allocation=job["method"].split("-")[1])
     raise ValueError(job["method"])
+
+
+def optg_on_polynomial_schedule(tfsparse, sparsity, epochs, end_fraction):
+    """Ablation: OptG's scores and per-epoch global top-k, on magnitude
+    pruning's schedule instead of its sigmoids: s(e) = sparsity (1 - (1 -
+    e / (end_fraction E))^3), and the scores learn at lr_w from the start."""
+
+    class OptGPolynomial(tfsparse.methods.OptG):
+        def on_train_begin(self, logs=None):
+            self.schedule = lambda epoch: sparsity * (1 - (1 - min(epoch / (end_fraction * epochs), 1.0)) ** 3)
+
+        def mask_learning_rate(self, epoch):
+            return float(self.model.optimizer.learning_rate)
+
+    return OptGPolynomial(sparsity, epochs=epochs)
 
 
 def validation_tracker(x, y):
@@ -256,12 +302,13 @@ def method_job(job):
     import tfsparse
 
     keras.utils.set_random_seed(job["seed"])
-    steps = int(np.ceil(len(x) / job["batch_size"])) * job["epochs"]
-    method = make_method(tfsparse, job, x, y, steps)
-    model = tfsparse.prune(build(keras, job["model"], x.shape[1:]), **method.layer_options)
-    model.compile(keras.optimizers.Adam(job["learning_rate"]),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     tracker = validation_tracker(x, y) if job.get("track_validation") else None
+    steps_per_epoch = int(np.ceil((tracker.cut if tracker else len(x)) / job["batch_size"]))
+    method = make_method(tfsparse, job, x, y, steps_per_epoch * job["epochs"])
+    model = tfsparse.prune(build(keras, job["model"], x.shape[1:], job.get("weight_decay", 0.0)),
+                           **method.layer_options)
+    model.compile(optimizer(keras, job, steps_per_epoch),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     if tracker:
         x, y = x[:tracker.cut], y[:tracker.cut]
     start = time.perf_counter()
