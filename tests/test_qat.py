@@ -7,7 +7,9 @@ import pytest
 import tfsparse
 from tfsparse import export
 from tfsparse.methods import MagnitudePruning
-from tfsparse.quantization import FakeQuantInt8, quantizers
+from tfsparse import quantization
+from tfsparse.quantization import FakeQuant, FakeQuantInt8, quantizers
+from tfsparse_app import zoo
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 SPARSITY = 0.8
@@ -217,10 +219,13 @@ def test_quantize_aware_refuses_twice_bad_decay_and_unsupported_layers():
     with pytest.raises(ValueError, match=r"`ema_decay` must be a number in \[0, 1\). Received: ema_decay=1.5"):
         tfsparse.quantize_aware(pruned, ema_decay=1.5)
     inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)  # BN after the ReLU: not foldable
     x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.LayerNormalization(name="norm")(x)
+    x = keras.layers.Concatenate(name="concat")([x, x])
     outputs = keras.layers.Dense(2)(keras.layers.Flatten()(x))
-    with pytest.raises(ValueError, match=r"cannot quantize these layers yet: bn \(BatchNormalization\)"):
+    with pytest.raises(ValueError, match=r"cannot quantize these layers yet: bn \(BatchNormalization on .* "
+                                         r"is folded; this one is not\), norm \(LayerNormalization\)"):
         tfsparse.quantize_aware(tfsparse.prune(keras.Model(inputs, outputs)))
 
 
@@ -266,3 +271,131 @@ def test_prune_refuses_a_quantizer_and_points_to_quantize_aware():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     with pytest.raises(TypeError, match="quantizer.*tfsparse.quantize_aware"):
         tfsparse.prune(model, quantizer=tfsparse.quantization.FakeQuantInt8())
+
+
+# Networks with BatchNormalization, residual adds, concatenations, pooling and activation layers.
+
+def _bn_net():
+    """Conv, Depthwise and Dense, each followed by a BatchNormalization (then ReLU / ReLU6 / nothing)."""
+    inputs = keras.Input((12, 12, 1))
+    x = keras.layers.Conv2D(8, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="conv_bn")(x))
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="depthwise")(x)
+    x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization(name="depthwise_bn")(x))
+    x = keras.layers.Dense(6, name="fc")(keras.layers.Flatten()(x))
+    outputs = keras.layers.BatchNormalization(name="fc_bn")(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_batch_norm_is_folded_exactly_and_keeps_the_zeros():
+    keras.utils.set_random_seed(3)
+    pruned = tfsparse.prune(_bn_net())
+    rng = np.random.default_rng(3)
+    for weight in tfsparse.masked_weights(pruned):
+        weight.mask.assign((rng.random(weight.shape) < 0.3).astype("float32"))
+    for layer in pruned.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):  # statistics far from the identity
+            for variable, low, high in zip(layer.weights, (0.5, -1.0, -1.0, 0.2), (2.0, 1.0, 1.0, 3.0)):
+                variable.assign(rng.uniform(low, high, variable.shape))
+    folded = quantization._rewritten(pruned, ema_decay=0.99)
+    assert [type(layer).__name__ for layer in folded.layers] == [
+        "InputLayer", "MaskedConv2D", "MaskedDepthwiseConv2D", "Flatten", "MaskedDense"]
+    assert [layer.get_config()["activation"] for layer in folded.layers[1:3]] == ["relu", "relu6"]
+    x = rng.random((64, 12, 12, 1), dtype=np.float32)
+    np.testing.assert_allclose(folded.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    for weight in tfsparse.masked_weights(folded):  # same masks; a pruned weight is an exact zero of the folded kernel
+        old = pruned.get_layer(weight.layer.name).masked_weights[0]
+        np.testing.assert_array_equal(weight.mask.numpy(), old.mask.numpy())
+        np.testing.assert_array_equal(weight.effective_value() == 0, old.effective_value() == 0)
+
+
+def _branchy_net():
+    """Add, average pooling, ReLU and sigmoid layers, a softmax output (global pooling: ResNet-20 below)."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="conv")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    y = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_b")(x)
+    x = keras.layers.ReLU()(keras.layers.Add()([x, y]))
+    z = keras.layers.Conv2D(16, 1, name="conv_c")(x)
+    x = keras.layers.Add()([x, keras.layers.Activation("sigmoid")(z)])
+    x = keras.layers.AveragePooling2D(2)(x)
+    x = keras.layers.Flatten()(keras.layers.Conv2D(32, 3, activation="relu", name="conv_d")(x))
+    outputs = keras.layers.Dense(10, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _check_int8_file(qat, report, min_agreement):
+    """The int8 kernels hold the QAT kernels' zeros (the masks' plus rare roundings) and agree with Keras."""
+    assert report.top1_agreement >= min_agreement, report.top1_agreement
+    rows = [row for row in report.tensors if row["dtype"] == "int8" and len(row["shape"]) >= 2]
+    handles = tfsparse.masked_weights(qat)
+    assert len(rows) == len(handles) and all(row["quantized"] for row in rows)
+    for weight in handles:
+        assert np.all(weight.effective_value()[weight.mask.numpy() == 0] == 0)
+    expected = sorted(float(np.mean(w.effective_value() == 0)) for w in handles)
+    np.testing.assert_allclose(sorted(row["zero_fraction"] for row in rows), expected, atol=1e-12)
+
+
+def _qat_after_pruning(model, x, y, loss, epochs=(2, 1), batch_size=64):
+    pruned = tfsparse.prune(model)
+    pruned.compile(keras.optimizers.Adam(2e-3), loss)
+    pruned.fit(x, y, batch_size=batch_size, epochs=epochs[0], verbose=0,
+               callbacks=[MagnitudePruning(SPARSITY, frequency=5, end_fraction=0.5)])
+    qat = tfsparse.quantize_aware(pruned)
+    qat.compile(keras.optimizers.Adam(2e-4), loss)
+    qat.fit(x, y, batch_size=64, epochs=epochs[1], verbose=0)
+    return qat
+
+
+def test_branchy_net_qat_exports_full_integer_with_its_zeros(mnist_subset, tmp_path):
+    keras.utils.set_random_seed(4)
+    qat = _qat_after_pruning(_branchy_net(), mnist_subset.x_train[:2000], mnist_subset.y_train[:2000],
+                             "sparse_categorical_crossentropy", epochs=(3, 1))
+    names = [layer.name for layer in qat.layers]
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in qat.layers)
+    for ranged in ("add", "re_lu_1", "add_1", "activation", "average_pooling2d", "probabilities_activation"):
+        assert isinstance(qat.get_layer(f"{ranged}_quant"), FakeQuant), names
+    assert "re_lu_quant" not in names  # the ReLU after conv's BatchNormalization is fused into conv
+    report = export.to_tflite(qat, tmp_path / "branchy.tflite", quantization="int8",
+                              verification_data=mnist_subset.x_test[:300])
+    assert report.quantization == "int8 (quantization-aware ranges)"
+    _check_int8_file(qat, report, min_agreement=0.98)  # measured: 1.0
+    predicted = qat.predict(mnist_subset.x_test[:300], verbose=0).argmax(-1)
+    assert len(np.unique(predicted)) >= 5  # the agreement is not that of a constant model
+    # The QAT model saves and loads, FakeQuant layers included.
+    qat.save(tmp_path / "branchy.keras")
+    loaded = keras.saving.load_model(tmp_path / "branchy.keras")
+    x = mnist_subset.x_test[:16]
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
+
+
+@pytest.mark.slow
+def test_resnet20_qat_int8_keeps_the_zeros_and_agrees(mnist_subset, tmp_path):
+    keras.utils.set_random_seed(5)
+    # BatchNormalization is folded with its moving statistics: they need a few hundred steps to settle.
+    qat = _qat_after_pruning(zoo.resnet20(input_shape=(28, 28, 1)), mnist_subset.x_train,
+                             mnist_subset.y_train, LOSS, epochs=(3, 1), batch_size=32)
+    assert len(quantizers(qat)) == 22  # 19 convolutions, 2 projections, the logits
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in qat.layers)
+    ranged = [layer for layer in qat.layers if isinstance(layer, FakeQuant)]
+    assert {type(layer.input._keras_history[0]).__name__ for layer in ranged} == {
+        "Add", "ReLU", "GlobalAveragePooling2D"}, [layer.name for layer in ranged]
+    report = export.to_tflite(qat, tmp_path / "resnet20.tflite", quantization="int8",
+                              verification_data=mnist_subset.x_test[:300])
+    _check_int8_file(qat, report, min_agreement=0.98)
+    assert len(np.unique(qat.predict(mnist_subset.x_test[:300], verbose=0).argmax(-1))) >= 5
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_qat_int8_keeps_the_zeros_and_agrees(mnist_subset, tmp_path):
+    keras.utils.set_random_seed(6)
+
+    def rgb32(images):
+        return np.repeat(np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)
+
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35)
+    qat = _qat_after_pruning(model, rgb32(mnist_subset.x_train[:2000]), mnist_subset.y_train[:2000],
+                             "sparse_categorical_crossentropy", epochs=(1, 1))
+    report = export.to_tflite(qat, tmp_path / "mobilenet_v2.tflite", quantization="int8",
+                              verification_data=rgb32(mnist_subset.x_test[:300]))
+    _check_int8_file(qat, report, min_agreement=0.98)

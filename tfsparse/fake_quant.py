@@ -3,9 +3,11 @@
 `tfsparse.quantize_aware` (in `tfsparse.quantization`, which explains the
 choices) sets one on each quantized layer; the masked layer calls its three
 hooks: `fake_quant_kernel` on the effective kernel, `fake_quant_inputs` on
-its input and `fake_quant_outputs` on its output. It lives apart from
-`tfsparse.quantization` so that `tfsparse.layers` can deserialize it
-without an import cycle.
+its input and `fake_quant_outputs` on its output. `FakeQuant` is the same activation
+quantization as a layer of its own, for the outputs of the layers that
+compute without a kernel (Add, Concatenate, average pooling, Activation).
+They live apart from `tfsparse.quantization` so that `tfsparse.layers` can
+deserialize them without an import cycle.
 """
 
 import keras
@@ -43,10 +45,8 @@ class FakeQuantInt8:
     """
 
     def __init__(self, quantize_inputs=False, ema_decay=0.99):
-        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"`ema_decay` must be a number in [0, 1). Received: ema_decay={ema_decay!r}")
         self.quantize_inputs = bool(quantize_inputs)
-        self.ema_decay = float(ema_decay)
+        self.ema_decay = _checked_decay(ema_decay)
 
     def build(self, layer):
         for tensor in ("input",) * self.quantize_inputs + ("output",):
@@ -68,11 +68,7 @@ class FakeQuantInt8:
 
     def _fake_quant(self, layer, tensor, values, training):
         low, high, batches = (getattr(layer, f"{PREFIX}{tensor}_{name}") for name in ("min", "max", "batches"))
-        if training:
-            _track_range(values, low, high, batches, self.ema_decay)
-        low = ops.convert_to_tensor(low)
-        high = ops.maximum(ops.convert_to_tensor(high), low + 1e-6)  # a range of width 0 has no step
-        return keras.quantizers.fake_quant_with_min_max_vars(values, low, high, num_bits=8, narrow_range=False)
+        return _fake_quant(values, low, high, batches, self.ema_decay, training)
 
     def get_config(self):
         return {"quantize_inputs": self.quantize_inputs, "ema_decay": self.ema_decay}
@@ -83,6 +79,55 @@ class FakeQuantInt8:
 
     def __repr__(self):
         return f"FakeQuantInt8(quantize_inputs={self.quantize_inputs}, ema_decay={self.ema_decay})"
+
+
+@keras.saving.register_keras_serializable(package="tfsparse")
+class FakeQuant(keras.layers.Layer):
+    """Fake-quantizes its input per tensor to 8 bits over a tracked range.
+
+    `quantize_aware` puts one after each layer that computes a new tensor
+    without a kernel (Add, Concatenate, average pooling, Activation), whose
+    range the TFLite int8 file needs. Its non-trainable float32 variables
+    are `quant_output_min`, `quant_output_max` and `quant_output_batches`,
+    as on a quantized masked layer.
+
+    Args:
+        ema_decay: weight of the old range in the moving average, in [0, 1).
+    """
+
+    def __init__(self, ema_decay=0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.ema_decay = _checked_decay(ema_decay)
+
+    def build(self, input_shape):
+        for name in ("min", "max", "batches"):
+            variable = self.add_weight(name=f"{PREFIX}output_{name}", shape=(), initializer="zeros",
+                                       trainable=False, dtype="float32", autocast=False)
+            setattr(self, f"{PREFIX}output_{name}", variable)
+
+    def call(self, inputs, training=False):
+        return _fake_quant(inputs, self.quant_output_min, self.quant_output_max, self.quant_output_batches,
+                           self.ema_decay, bool(training))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "ema_decay": self.ema_decay}
+
+
+def _checked_decay(ema_decay):
+    if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"`ema_decay` must be a number in [0, 1). Received: ema_decay={ema_decay!r}")
+    return float(ema_decay)
+
+
+def _fake_quant(values, low, high, batches, decay, training):
+    if training:
+        _track_range(values, low, high, batches, decay)
+    low = ops.convert_to_tensor(low)
+    high = ops.maximum(ops.convert_to_tensor(high), low + 1e-6)  # a range of width 0 has no step
+    return keras.quantizers.fake_quant_with_min_max_vars(values, low, high, num_bits=8, narrow_range=False)
 
 
 def _channel_axes(layer):
