@@ -13,6 +13,7 @@ import platform
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -64,6 +65,22 @@ def cached_worker(name, job, legacy_keras=False, timeout=3600, script=HERE / "wo
     partial.write_text(json.dumps({"job": settings, "result": result}))
     partial.replace(path)
     return result
+
+
+def run_all(name, jobs, processes, describe):
+    """Runs the worker `jobs` (key -> job), `processes` at a time, each
+    cached under `name` (`cached_worker`; tfmot jobs under tf_keras), and
+    prints `describe(job, result)` as each finishes; returns key -> result
+    in the order of `jobs`."""
+
+    def run(key):
+        job = jobs[key]
+        result = cached_worker(name, job, legacy_keras=job.get("library") == "tfmot", timeout=4 * 3600)
+        print(describe(job, result), flush=True)
+        return result
+
+    with ThreadPoolExecutor(processes) as pool:
+        return dict(zip(jobs, pool.map(run, jobs)))
 
 
 def median(values):

@@ -14,10 +14,11 @@ own subprocess (tfmot under tf_keras).
 3. Overhead: DST-EE (sparsity 0.9, update_every=100) vs the plain masked model
    (no method), alternating one-epoch fits (median of the per-pair ratios).
 
-    python benchmarks/dst.py [--model lenet_300_100] [--epochs 15] [--seeds 3]
+    python benchmarks/dst.py [--model lenet_300_100] [--epochs 15] [--seeds 3] [--jobs 2]
 
 Finished runs are cached in benchmarks/results/cache/dst/ (a rerun resumes).
-Writes benchmarks/results/dst_<model>.md and .png.
+Writes benchmarks/results/dst_<model>.md and .png (other than 15 epochs:
+dst_<model>_<epochs>_epochs.md and .png).
 """
 
 import argparse
@@ -37,7 +38,8 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.90, 0.95, 0.98])
     parser.add_argument("--c-grid", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
-    parser.add_argument("--overhead-rounds", type=int, default=6)
+    parser.add_argument("--overhead-rounds", type=int, default=6, help="0: no overhead measurement")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes at a time")
     args = parser.parse_args()
     base = dict(model=args.model, epochs=args.epochs, batch_size=128, learning_rate=1e-3, update_every=100)
 
@@ -46,30 +48,37 @@ def main():
         source = common.export_data("fashion_mnist", data)
 
         def dst(method, sparsity, seed, **extra):
-            return common.cached_worker("dst", dict(base, kind="dst", data=data, method=method,
-                                                    sparsity=sparsity, seed=seed, **extra), timeout=4 * 3600)
+            return dict(base, kind="dst", data=data, method=method, sparsity=sparsity, seed=seed, **extra)
 
-        validation = {c: dst("dst-ee", 0.95, 0, c=c, validation=True)["accuracy"] for c in args.c_grid}
-        for c, accuracy in validation.items():
-            print(f"validation c={c:g}: {accuracy:.4f}", flush=True)
+        validation = common.run_all("dst", {c: dst("dst-ee", 0.95, 0, c=c, validation=True) for c in args.c_grid},
+                                    args.jobs, describe)
+        validation = {c: result["accuracy"] for c, result in validation.items()}
         best_c = max(validation, key=validation.get)
 
-        results = {}
+        runs = {}
         for sparsity in args.sparsities:
             for seed in range(args.seeds):
                 for method in METHODS:
-                    if method == "tfmot":
-                        job = common.tfmot_job(data, sparsity, seed, 0.75, **base)
-                        result = common.cached_worker("dst", job, legacy_keras=True, timeout=4 * 3600)
-                    else:
-                        result = dst(method, sparsity, seed, c=best_c if method == "dst-ee" else 0.0)
-                    results.setdefault((sparsity, method), []).append(result)
-                    print(f"sparsity {sparsity:.2f} seed {seed} {method:7s} accuracy {result['accuracy']:.4f} "
-                          f"sparsity {result['sparsity']:.4f} time {result['train_seconds']:.0f}s", flush=True)
-        overhead = common.cached_worker("dst", dict(kind="overhead", method="dst-ee", data=data, model=args.model,
-                                                    rounds=args.overhead_rounds, update_every=100, c=best_c,
-                                                    sparsity=0.9))
+                    runs[(sparsity, method, seed)] = (
+                        common.tfmot_job(data, sparsity, seed, 0.75, **base) if method == "tfmot"
+                        else dst(method, sparsity, seed, c=best_c if method == "dst-ee" else 0.0))
+        for seed in range(args.seeds):
+            runs[(0.0, "dense", seed)] = dict(base, kind="accuracy", library="dense", data=data, sparsity=0.0,
+                                              seed=seed)
+        results = {}
+        for (sparsity, method, _), result in common.run_all("dst", runs, args.jobs, describe).items():
+            results.setdefault((sparsity, method), []).append(result)
+        overhead = args.overhead_rounds and common.cached_worker(
+            "dst", dict(kind="overhead", method="dst-ee", data=data, model=args.model, rounds=args.overhead_rounds,
+                        update_every=100, c=best_c, sparsity=0.9))
     write(args, source, validation, best_c, results, overhead)
+
+
+def describe(job, result):
+    what = "validation" if job.get("validation") else "test"
+    method = job.get("method", job.get("library")) + (f" c={job['c']:g}" if job.get("method") == "dst-ee" else "")
+    return (f"{what} sparsity {job['sparsity']:.2f} seed {job['seed']} {method:14s} accuracy {result['accuracy']:.4f} "
+            f"sparsity {result['sparsity']:.4f} time {result['train_seconds']:.0f}s")
 
 
 def write(args, source, validation, best_c, results, overhead):
@@ -77,12 +86,13 @@ def write(args, source, validation, best_c, results, overhead):
     goal = [s for s in args.sparsities
             if medians[(s, "dst-ee")] >= medians[(s, "rigl")] and medians[(s, "dst-ee")] >= medians[(s, "set")]]
     missed = [f"{s:.2f}" for s in args.sparsities if s not in goal]
+    dense = [100 * r["accuracy"] for r in results[(0.0, "dense")]]
+    best = max(medians[(args.sparsities[-1], m)] for m in METHODS)
     coverage_rows = [[f"{s:.2f}"] + [f"{common.median([r['coverage'] for r in results[(s, m)]]):.3f}"
                                      for m in METHODS[:3]] for s in args.sparsities]
-    ratio = common.median(overhead["ratios"])
     text = f"""# Dynamic sparse training on {args.model}, Fashion-MNIST
 
-Command: `python benchmarks/dst.py --model {args.model} --epochs {args.epochs} --seeds {args.seeds}`
+Command: `python benchmarks/dst.py --model {args.model} --epochs {args.epochs} --seeds {args.seeds} --c-grid {" ".join(f"{c:g}" for c in args.c_grid)}{" --overhead-rounds 0" if not overhead else ""}`
 Machine: {common.machine()}; {common.versions()}. Data: {source}.
 Budget for every method: {args.epochs} epochs, Adam 1e-3, batch 128, identical batches. DST methods:
 ERK, update every 100 steps, drop fraction 0.3 (cosine decay), stop at 75 % of the steps, grow
@@ -98,16 +108,27 @@ Test accuracy %, median (range) over {args.seeds} seeds:
 
 Goal (DST-EE >= RigL and >= SET at every sparsity): {"met" if not missed else "missed at " + ", ".join(missed)}.
 
+Dense model, same recipe and batches: {common.median(dense):.2f} ({min(dense):.2f}-{max(dense):.2f}). The best
+method at {args.sparsities[-1]:.2f} ({best:.2f}) is {common.median(dense) - best:.2f} points below it.
+
 Coverage (fraction of weights ever active), median:
 
 {common.markdown_table(["sparsity", *[LABELS[m] for m in METHODS[:3]]], coverage_rows)}
 
-Overhead: DST-EE (update_every=100) vs the plain masked model (no method), alternating one-epoch
-fits: time ratio {ratio:.3f} (median of {len(overhead["ratios"])} pairs; range
-{min(overhead["ratios"]):.2f}-{max(overhead["ratios"]):.2f}; goal <= 1.15).
+{overhead_text(overhead)}
 """
-    common.save_accuracy_results(f"dst_{args.model}", text, medians, args.sparsities, LABELS,
+    name = f"dst_{args.model}" if args.epochs == 15 else f"dst_{args.model}_{args.epochs}_epochs"
+    common.save_accuracy_results(name, text, medians, args.sparsities, LABELS,
                                  f"{args.model}, Fashion-MNIST")
+
+
+def overhead_text(overhead):
+    if not overhead:
+        return "Overhead: not measured in this run (`--overhead-rounds 0`; see dst_lenet_300_100.md)."
+    ratios = overhead["ratios"]
+    return (f"Overhead: DST-EE (update_every=100) vs the plain masked model (no method), alternating one-epoch\n"
+            f"fits: time ratio {common.median(ratios):.3f} (median of {len(ratios)} pairs; range\n"
+            f"{min(ratios):.2f}-{max(ratios):.2f}; goal <= 1.15).")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ optg_paper_<model>.md and .png).
 
 import argparse
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import common
@@ -88,7 +87,7 @@ def main():
         if len(args.learning_rates) > 1:
             runs = {(method, rate): method_job(data, method, args.select_sparsity, 0, base, rate, validation=True)
                     for method in args.methods for rate in args.learning_rates}
-            selection = run_all(runs, args.jobs)
+            selection = common.run_all("optg", runs, args.jobs, describe)
         chosen = {method: max(args.learning_rates, key=lambda rate: selection.get((method, rate), {}).get("accuracy", 0))
                   for method in args.methods}
         runs = {label: method_job(data, method, args.select_sparsity, 0, dict(base, **changes),
@@ -97,7 +96,7 @@ def main():
         runs.update({(sparsity, method, seed): method_job(data, method, sparsity, seed, base, chosen[method])
                      for sparsity in args.sparsities for seed in range(args.seeds) for method in args.methods})
         results, ablations = {}, {}
-        for key, result in run_all(runs, args.jobs).items():
+        for key, result in common.run_all("optg", runs, args.jobs, describe).items():
             if key in ABLATIONS:
                 ablations[key] = result
             else:
@@ -117,20 +116,10 @@ def method_job(data, method, sparsity, seed, base, learning_rate, validation=Fal
     return dict(job, validation=True) if validation else job
 
 
-def run_all(jobs, processes):
-    """Runs the worker `jobs` (key -> job), `processes` at a time, cached;
-    returns key -> result in the order of `jobs`."""
-
-    def run(key):
-        job = jobs[key]
-        result = common.cached_worker("optg", job, legacy_keras=job.get("library") == "tfmot", timeout=4 * 3600)
-        print(f"{'validation' if job.get('validation') else 'test'} sparsity {job['sparsity']:.2f} seed {job['seed']} {job.get('method', 'tfmot'):16s} "
-              f"lr {job['learning_rate']:g} accuracy {result['accuracy']:.4f} sparsity {result['sparsity']:.4f} "
-              f"time {result['train_seconds']:.0f}s", flush=True)
-        return result
-
-    with ThreadPoolExecutor(processes) as pool:
-        return dict(zip(jobs, pool.map(run, jobs)))
+def describe(job, result):
+    return (f"{'validation' if job.get('validation') else 'test'} sparsity {job['sparsity']:.2f} seed {job['seed']} "
+            f"{job.get('method', 'tfmot'):16s} lr {job['learning_rate']:g} accuracy {result['accuracy']:.4f} "
+            f"sparsity {result['sparsity']:.4f} time {result['train_seconds']:.0f}s")
 
 
 def write(args, source, results, overhead, selection, chosen, ablations):
