@@ -3,12 +3,14 @@
 A LeNet-300-100 teacher trained dense on full Fashion-MNIST (Adam 1e-3,
 batch 128, `--epochs`); calibration: the first 1,024 training images. For
 every per-layer sparsity: DE (population 32, candidate sets of 2 % of the
-survivors) and one-shot per-layer magnitude pruning, no fine-tuning, test
-accuracy of both, DE's wall time and candidates screened per second. At 0.9:
+survivors) and one-shot per-layer magnitude pruning, test accuracy of both
+before and after the same fine-tuning (`--fine-tune-epochs` of Adam 1e-3,
+batch 128, masks fixed, the same batches for both), DE's wall time and
+candidates screened per second. At 0.9:
 the bits per layer that `search_bits` picks (KL budget 0.01), test accuracy
 before and after quantization, and the compressed file (everything counted).
 
-    python benchmarks/evolution.py [--epochs 10] [--seeds 1]
+    python benchmarks/evolution.py [--epochs 10] [--seeds 1] [--fine-tune-epochs 5]
 
 Writes benchmarks/results/evolution.md and evolution.png.
 """
@@ -39,14 +41,23 @@ def accuracy(model, data):
 
 
 def one_shot_magnitude(teacher, targets):
-    """`teacher` with each layer of `targets` (name -> sparsity) magnitude-pruned at once, no fine-tuning."""
-    return tfsparse.strip(tfsparse.prune_once(tfsparse.prune(teacher, layers=list(targets)), targets))
+    """`teacher` with each layer of `targets` (name -> sparsity) magnitude-pruned at once, masked."""
+    return tfsparse.prune_once(tfsparse.prune(teacher, layers=list(targets)), targets)
+
+
+def fine_tuned(masked, data, epochs, seed):
+    """Test accuracy of the masked model after `epochs` of training, masks fixed (no method runs)."""
+    keras.utils.set_random_seed(seed)
+    masked.compile(keras.optimizers.Adam(1e-3), LOSS)
+    masked.fit(data.x_train, data.y_train, batch_size=128, epochs=epochs, verbose=0)
+    return accuracy(tfsparse.strip(masked), data)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--fine-tune-epochs", type=int, default=5)
     args = parser.parse_args()
     data = datasets.load("fashion_mnist", download=False)
     calibration = data.x_train[:1024]
@@ -60,13 +71,19 @@ def main():
         for sparsity in SPARSITIES:
             evolution = DirectedEvolution(teacher, calibration, layer_sparsity=sparsity, seed=seed, verbose=0)
             started = time.perf_counter()
-            student = tfsparse.strip(evolution.run())
+            masked_student = evolution.run()
             seconds = time.perf_counter() - started
+            student = tfsparse.strip(masked_student)
+            magnitude = one_shot_magnitude(teacher, evolution.targets)
             run["levels"][sparsity] = {
-                "de": accuracy(student, data), "magnitude": accuracy(one_shot_magnitude(teacher, evolution.targets), data),
+                "de": accuracy(student, data), "magnitude": accuracy(tfsparse.strip(magnitude), data),
                 "seconds": seconds, "candidates_per_second": evolution.candidates_per_second,
                 "history": evolution.history,
             }
+            if args.fine_tune_epochs:
+                run["levels"][sparsity].update(
+                    de_fine_tuned=fine_tuned(masked_student, data, args.fine_tune_epochs, seed),
+                    magnitude_fine_tuned=fine_tuned(magnitude, data, args.fine_tune_epochs, seed))
             print(seed, sparsity, {k: v for k, v in run["levels"][sparsity].items() if k != "history"}, flush=True)
             if sparsity == 0.9:
                 bits, divergence = compression.search_bits(student, calibration, divergence_budget=0.01)
@@ -81,31 +98,41 @@ def main():
 
 
 def write(args, source, runs):
+    def med(sparsity, key):
+        return common.median([r["levels"][sparsity][key] for r in runs])
+
+    def spread(sparsity, key):
+        values = [r["levels"][sparsity][key] for r in runs]
+        return f"{common.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    tuned = args.fine_tune_epochs > 0
+    compared = [("de", "magnitude")] + [("de_fine_tuned", "magnitude_fine_tuned")] * tuned
     rows = []
     for sparsity in SPARSITIES:
-        de = [r["levels"][sparsity]["de"] for r in runs]
-        magnitude = [r["levels"][sparsity]["magnitude"] for r in runs]
-        seconds = [r["levels"][sparsity]["seconds"] for r in runs]
-        speed = [r["levels"][sparsity]["candidates_per_second"] for r in runs]
-        rows.append([f"{sparsity:.1f}", f"{common.median(de):.2f}", f"{common.median(magnitude):.2f}",
-                     f"{common.median(de) - common.median(magnitude):+.2f}", f"{common.median(seconds):.0f}",
-                     f"{common.median(speed):.0f}"])
-    goal = all(common.median([r["levels"][s]["de"] for r in runs]) > common.median(
-        [r["levels"][s]["magnitude"] for r in runs]) for s in SPARSITIES)
+        row = [f"{sparsity:.1f}"]
+        for de, magnitude in compared:
+            row += [spread(sparsity, de), spread(sparsity, magnitude), f"{med(sparsity, de) - med(sparsity, magnitude):+.2f}"]
+        rows.append(row + [f"{med(sparsity, 'seconds'):.0f}", f"{med(sparsity, 'candidates_per_second'):.0f}"])
+    header = ["sparsity per layer", "DE %", "one-shot magnitude %", "difference"]
+    if tuned:
+        header += [f"DE + {args.fine_tune_epochs} epochs %", f"magnitude + {args.fine_tune_epochs} epochs %",
+                   "difference"]
+    goals = {de: all(med(s, de) > med(s, magnitude) for s in SPARSITIES) for de, magnitude in compared}
     first = runs[0]
     report = first["compression"]["report"]
     text = f"""# Directed Evolution on LeNet-300-100, Fashion-MNIST
 
-Command: `python benchmarks/evolution.py --epochs {args.epochs} --seeds {args.seeds}`
+Command: `python benchmarks/evolution.py --epochs {args.epochs} --seeds {args.seeds} --fine-tune-epochs {args.fine_tune_epochs}`
 Machine: {common.machine()}; {common.versions()}. Data: {source}.
 Teacher: LeNet-300-100 trained dense for {args.epochs} epochs (Adam 1e-3, batch 128), test accuracy
 {common.median([r["teacher"] for r in runs]):.2f} %. Calibration: the first 1,024 training images. Every
-Dense layer at the same sparsity; no fine-tuning for either method. Medians over {args.seeds} seed(s).
+Dense layer at the same sparsity. Fine-tuning{f": {args.fine_tune_epochs} epochs of Adam 1e-3, batch 128, masks fixed, the same batches for both" if tuned else " none"}.
+Test accuracy %, median (range) over {args.seeds} seed(s):
 
-{common.markdown_table(["sparsity per layer", "DE test accuracy %", "one-shot magnitude %", "difference",
-                        "DE seconds", "candidates / s"], rows)}
+{common.markdown_table(header + ["DE seconds", "candidates / s"], rows)}
 
-Goal (DE above magnitude at every level): {"met" if goal else "missed"}.
+Goal (DE above magnitude at every level), without fine-tuning: {"met" if goals["de"] else "missed"}{
+f"; both fine-tuned: {'met' if goals['de_fine_tuned'] else 'missed'}" if tuned else ""}.
 
 Quantization and encoding of the 0.9 student (seed 0): bits per layer chosen by the search (KL budget
 0.01; KL reached {first["compression"]["divergence"]:.4f}): {first["compression"]["bits"]}. Test accuracy
