@@ -12,7 +12,10 @@ train `--extra-epochs` more epochs from that model with the masks fixed
   one where the converter cannot store the sparse one correctly);
 - QAT: `tfsparse.quantize_aware(pruned)`, exported to int8 from its learned
   ranges (no representative data), with `policy="both"`: the smallest file
-  and the fastest one on this machine, both measured.
+  and the fastest one on this machine, both measured;
+- QAT per tensor: `tfsparse.quantize_aware(pruned, per_channel=False)` (one
+  int8 scale per Dense kernel; conv kernels stay per channel), exported
+  with `policy="smallest"`.
 
 For each: accuracy of the float (Keras) model and of the int8 file on the
 whole test set (run in LiteRT), top-1 agreement of the file with its Keras
@@ -66,7 +69,7 @@ def int8_file(model, path, data, **options):
 
 
 def run_cell(model_name, sparsity, seed, data, args, tmp):
-    cache = CACHE / f"{model_name}-{sparsity}-{seed}-{args.epochs}-{args.extra_epochs}-{args.extra_lr}.json"
+    cache = CACHE / f"{model_name}-{sparsity}-{seed}-{args.epochs}-{args.extra_epochs}-{args.extra_lr}-pt.json"
     if cache.exists():
         return json.loads(cache.read_text())
     keras.utils.set_random_seed(seed)
@@ -79,7 +82,8 @@ def run_cell(model_name, sparsity, seed, data, args, tmp):
               "pruned_accuracy": accuracy(pruned.predict(data.x_test, verbose=0), data.y_test),
               "mask_sparsity": tfsparse.sparsity(pruned)}
 
-    qat = tfsparse.quantize_aware(pruned)  # a copy: made before the control trains on
+    qat = tfsparse.quantize_aware(pruned)  # copies: made before the control trains on
+    qat_per_tensor = tfsparse.quantize_aware(pruned, per_channel=False)
     start = time.perf_counter()
     pruned.compile(keras.optimizers.Adam(args.extra_lr), LOSS, metrics=["accuracy"])
     pruned.fit(x, y, batch_size=128, epochs=args.extra_epochs, verbose=0)
@@ -95,6 +99,10 @@ def run_cell(model_name, sparsity, seed, data, args, tmp):
     result["qat_keras_accuracy"] = accuracy(qat.predict(data.x_test, verbose=0), data.y_test)
     result["qat"] = int8_file(qat, Path(tmp) / "qat.tflite", data, policy="both")
     result["dense_float_bytes"] = result["qat"].pop("dense_float_bytes")
+
+    qat_per_tensor.compile(keras.optimizers.Adam(args.extra_lr), LOSS, metrics=["accuracy"])
+    qat_per_tensor.fit(x, y, batch_size=128, epochs=args.extra_epochs, verbose=0)
+    result["qat_per_tensor"] = int8_file(qat_per_tensor, Path(tmp) / "qat_per_tensor.tflite", data, policy="smallest")
     print(json.dumps(result), flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result))
@@ -117,7 +125,7 @@ def encodings(cells, arm):
 def accuracy_table(results):
     header = ("model", "sparsity", "float sparse (Keras)", "post-training int8 (file)", "QAT int8 (file)",
               "QAT - PTQ", "QAT - float", "agreement PTQ / QAT %", "int8 kernel zeros %",
-              "encoding written PTQ / QAT")
+              "encoding written PTQ / QAT", "QAT per-tensor int8 (file)", "per-tensor - float")
     rows = []
     for (model, sparsity), cells in results.items():
         float_, ptq, qat = ([r["float_accuracy"] for r in cells], [r["ptq"]["accuracy"] for r in cells],
@@ -127,14 +135,16 @@ def accuracy_table(results):
                      f"{100 * np.median([r['ptq']['top1_agreement'] for r in cells]):.2f} / "
                      f"{100 * np.median([r['qat']['top1_agreement'] for r in cells]):.2f}",
                      f"{100 * np.median([r['qat']['kernel_zeros'] for r in cells]):.2f}",
-                     f"{encodings(cells, 'ptq')} / {encodings(cells, 'qat')}"))
+                     f"{encodings(cells, 'ptq')} / {encodings(cells, 'qat')}",
+                     cell([r["qat_per_tensor"]["accuracy"] for r in cells]),
+                     f"{100 * (np.median([r['qat_per_tensor']['accuracy'] for r in cells]) - np.median(float_)):+.2f}"))
     return common.markdown_table(header, rows)
 
 
 def policy_table(results):
     header = ("model", "sparsity", "dense float32 bytes", "smallest: QAT int8 file bytes (x dense float32; encoding)",
               "dense int8 bytes", "sparse int8 ms (runtime)", "dense int8 ms, XNNPACK", "fastest file",
-              "fastest ms / dense int8 XNNPACK")
+              "fastest ms / dense int8 XNNPACK", "smallest per-tensor QAT file bytes (x dense float32)")
     rows = []
     for (model, sparsity), cells in results.items():
         def median_of(encoding, runtime):
@@ -157,10 +167,11 @@ def policy_table(results):
                        key=lambda row: row["median_ms"]) for r in cells]
         chosen = sorted({f"{row['encoding']} / {row['runtime']}" for row in fastest})
         ratio = np.median([row["median_ms"] for row in fastest]) / dense_xnnpack
+        per_tensor = np.median([r["qat_per_tensor"]["bytes"] for r in cells])
         rows.append((model, f"{sparsity:.2f}", f"{dense_float:,.0f}",
                      f"{smallest:,.0f} ({smallest / dense_float:.3f}x; {encodings(cells, 'qat')})", f"{dense_int8:,.0f}",
                      "-" if sparse_ms is None else f"{sparse_ms:.4f} ({sparse_runtime})", f"{dense_xnnpack:.4f}",
-                     ", ".join(chosen), f"{ratio:.2f}"))
+                     ", ".join(chosen), f"{ratio:.2f}", f"{per_tensor:,.0f} ({per_tensor / dense_float:.3f}x)"))
     return common.markdown_table(header, rows)
 
 
@@ -182,8 +193,8 @@ def main():
     flat = [r for cells in results.values() for r in cells]
     settings = (f"Fashion-MNIST ({data.source}, {len(data.x_train):,} train / {len(data.x_test):,} test), "
                 f"every layer at the sparsity, {args.epochs} epochs of MagnitudePruning (Adam 1e-3, batch 128), "
-                f"then {args.extra_epochs} epochs at Adam {args.extra_lr:g} with masks fixed: float (control) or "
-                f"quantization-aware; seeds {args.seeds} (median (min-max) over seeds)")
+                f"then {args.extra_epochs} epochs at Adam {args.extra_lr:g} with masks fixed: float (control), "
+                f"quantization-aware, or quantization-aware with per-tensor Dense kernels; seeds {args.seeds} (median (min-max) over seeds)")
     command = (f"python benchmarks/qat.py --models {' '.join(args.models)} --sparsities "
                f"{' '.join(map(str, args.sparsities))} --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} "
                f"--extra-epochs {args.extra_epochs} --extra-lr {args.extra_lr:g}")
@@ -200,7 +211,8 @@ def main():
         "median batch-1 latency among those that compute the model (1 thread).", "",
         policy_table(results), "",
         f"Training time of the extra epochs (median): float {np.median([r['float_seconds'] for r in flat]):.1f} s, "
-        f"QAT {np.median([r['qat_seconds'] for r in flat]):.1f} s. Per-cell numbers in qat.json.", "",
+        f"QAT {np.median([r['qat_seconds'] for r in flat]):.1f} s (both timed while other jobs ran). "
+        "Per-cell numbers in qat.json.", "",
     ])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "qat.md").write_text(text)

@@ -7,7 +7,7 @@ import pytest
 import tfsparse
 from tfsparse import export
 from tfsparse.methods import MagnitudePruning
-from tfsparse import quantization
+from tfsparse import quantization, tflite_tensors
 from tfsparse.quantization import FakeQuant, FakeQuantInt8, quantizers
 from tfsparse_app import zoo
 
@@ -38,16 +38,17 @@ def _conv_net():
     ])
 
 
-def _pruned_then_qat(build, data, seed):
-    """Prunes to SPARSITY with MagnitudePruning, then trains the QAT copy;
-    returns (qat model, its fit history, masks before QAT)."""
+def _pruned_then_qat(build, data, seed, **qat_options):
+    """Prunes to SPARSITY with MagnitudePruning, then trains the QAT copy
+    (`quantize_aware(pruned, **qat_options)`); returns (qat model, its fit
+    history, masks before QAT)."""
     keras.utils.set_random_seed(seed)
     x, y = data.x_train[:4000], data.y_train[:4000]
     pruned = tfsparse.prune(build())
     pruned.compile(keras.optimizers.Adam(2e-3), LOSS, metrics=["accuracy"])
     pruned.fit(x, y, batch_size=64, epochs=3, verbose=0,
                callbacks=[MagnitudePruning(SPARSITY, frequency=10, end_fraction=0.5)])
-    qat = tfsparse.quantize_aware(pruned)
+    qat = tfsparse.quantize_aware(pruned, **qat_options)
     masks = {w.name: w.mask.numpy().copy() for w in tfsparse.masked_weights(qat)}
     qat.compile(keras.optimizers.Adam(5e-4), LOSS, metrics=["accuracy"])
     history = qat.fit(x, y, batch_size=64, epochs=3, verbose=0)
@@ -202,7 +203,86 @@ def test_layers_left_dense_by_prune_are_quantized_and_stay_dense():
     assert not tfsparse.layers.is_masked(model.get_layer("logits"))  # the argument is not changed
 
 
+def _kernel_scales(path):
+    """{tensor name: number of int8 scales} of the file's constant int8 kernels (rank >= 2)."""
+    return {row["name"]: row["scales"] for row in tflite_tensors.tensor_rows(path)
+            if row["dtype"] == "int8" and len(row["shape"]) >= 2}
+
+
+def test_per_tensor_qat_file_holds_the_trained_integers_and_is_smaller(dense_qat, mnist_subset, tmp_path):
+    per_tensor, history, masks = _pruned_then_qat(_dense_net, mnist_subset, seed=1, per_channel=False)
+    assert history["loss"][-1] < history["loss"][0]
+    for weight in tfsparse.masked_weights(per_tensor):
+        value = weight.effective_value()
+        np.testing.assert_array_equal(weight.mask.numpy(), masks[weight.name])
+        assert np.all(value[masks[weight.name] == 0] == 0.0)
+        integers = value / (np.abs(value).max() / 127)  # one scale for the whole kernel
+        np.testing.assert_allclose(integers, np.round(integers), atol=1e-3)
+    dense_file = export.to_tflite(per_tensor, tmp_path / "dense.tflite", quantization="int8", sparse=False,
+                                  verification_data=mnist_subset.x_test)
+    assert dense_file.quantization == "int8 (quantization-aware ranges, per-tensor kernel scales)"
+    assert dense_file.top1_agreement >= 0.99, dense_file.top1_agreement
+    assert set(_kernel_scales(dense_file.path).values()) == {1}
+    kernels = _file_kernels(dense_file.path)
+    for weight in tfsparse.masked_weights(per_tensor):
+        name, value = weight.layer.name, weight.effective_value()
+        stored, _ = kernels[name]  # the very integers the Keras model computed with
+        np.testing.assert_array_equal(_as_keras_layout(name, stored), np.round(value / (np.abs(value).max() / 127)))
+    # Sparse files of the same architecture and masks' sparsity: per tensor is smaller, by the
+    # per-channel scales and zero points (64 + 10 channels, for the kernel and its densified copy).
+    qat, _, _ = dense_qat
+    files = {name: export.to_tflite(model, tmp_path / f"{name}.tflite", quantization="int8",
+                                    verification_data=mnist_subset.x_test)
+             for name, model in [("per_channel", qat), ("per_tensor", per_tensor)]}
+    assert set(_kernel_scales(files["per_tensor"].path).values()) == {1}
+    assert set(_kernel_scales(files["per_channel"].path).values()) == {64, 10}
+    assert files["per_tensor"].size_bytes < files["per_channel"].size_bytes - 2 * 74 * 12
+    assert files["per_tensor"].top1_agreement >= 0.99
+
+
+def test_per_tensor_qat_keeps_conv_kernels_per_channel_as_the_converter_does(mnist_subset, tmp_path):
+    qat, _, _ = _pruned_then_qat(_conv_net, mnist_subset, seed=2, per_channel=False)
+    assert {layer.name: layer.quantizer.per_channel for layer in quantizers(qat)} == {
+        "conv": True, "depthwise": True, "conv1d": True, "logits": False}
+    report = export.to_tflite(qat, tmp_path / "conv.tflite", quantization="int8", sparse=False,
+                              verification_data=mnist_subset.x_test)
+    assert report.top1_agreement >= 0.99, report.top1_agreement
+    assert sorted(_kernel_scales(report.path).values()) == [1, 8, 8, 16]  # logits; conv, depthwise; conv1d
+
+
+@pytest.mark.parametrize("quantization", ["int8", "dynamic"])
+def test_post_training_per_tensor_files_have_one_scale_per_kernel(quantization, mnist_subset, tmp_path):
+    keras.utils.set_random_seed(3)
+    pruned = tfsparse.prune(_conv_net())
+    tfsparse.prune_once(pruned, SPARSITY)
+    x = mnist_subset.x_test[:300]
+    reports = {per_channel: export.to_tflite(pruned, tmp_path / f"{per_channel}.tflite", quantization=quantization,
+                                             representative_data=x, per_channel=per_channel)
+               for per_channel in (True, False)}
+    assert set(_kernel_scales(reports[False].path).values()) == {1}
+    assert max(_kernel_scales(reports[True].path).values()) > 1
+    assert reports[False].size_bytes < reports[True].size_bytes
+    assert reports[False].quantization == f"{quantization} (per-tensor kernel scales)"
+    assert reports[False].top1_agreement >= 0.95, reports[False].top1_agreement
+
+
 # Bad input: clear errors, before anything is written.
+
+def test_per_channel_is_checked_before_any_file(dense_qat, tmp_path):
+    qat, _, _ = dense_qat
+    path = tmp_path / "x.tflite"
+    with pytest.raises(ValueError, match=r"`per_channel` must be True or False. Received: per_channel='no'"):
+        tfsparse.quantize_aware(tfsparse.prune(_dense_net()), per_channel="no")
+    with pytest.raises(ValueError, match=r"`per_channel` must be None, True or False. Received: per_channel=0"):
+        export.to_tflite(qat, path, quantization="int8", per_channel=0)
+    with pytest.raises(ValueError, match=r"needs quantization='int8' or 'dynamic'. Received: per_channel=False, "
+                                         r"quantization='float16'"):
+        export.to_tflite(tfsparse.strip(qat), path, quantization="float16", per_channel=False)
+    with pytest.raises(ValueError, match=r"trained with one scale per output channel \(tfsparse.quantize_aware"
+                                         r"\(\.\.\., per_channel=True\)\).*Received: per_channel=False"):
+        export.to_tflite(qat, path, quantization="int8", per_channel=False, policy="smallest")
+    assert not list(tmp_path.iterdir())
+
 
 def test_quantize_aware_refuses_a_model_without_masks():
     with pytest.raises(ValueError, match=r"`model` has no masked layers.*tfsparse.prune.*Received: model"):
@@ -247,7 +327,7 @@ def test_quantizer_config_is_checked():
     layer = tfsparse.layers.MaskedDense(4, quantizer=FakeQuantInt8(quantize_inputs=True))
     layer.build((None, 3))
     config = layer.get_config()
-    assert config["quantizer"]["config"] == {"quantize_inputs": True, "ema_decay": 0.99}
+    assert config["quantizer"]["config"] == {"quantize_inputs": True, "ema_decay": 0.99, "per_channel": True}
     clone = tfsparse.layers.MaskedDense.from_config(config)
     clone.build((None, 3))
     assert [v.path.split("/")[-1] for v in clone.masking_variables] == [

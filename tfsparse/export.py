@@ -51,6 +51,8 @@ from tfsparse._utils import write_atomically
 from tfsparse.surgery import is_pruned, strip
 
 QUANTIZATIONS = (None, "dynamic", "float16", "int8")
+#: The quantizations whose int8 kernels have per-channel or per-tensor scales.
+PER_CHANNEL_CHOICE = ("dynamic", "int8")
 VERIFY_SAMPLES = 256
 CALIBRATION_SAMPLES = 500
 #: Random verification ids for an integer input no Embedding reads are drawn in [0, SMALL_IDS).
@@ -197,6 +199,7 @@ def to_tflite(
     batch_size=None,
     policy=None,
     threads=1,
+    per_channel=None,
 ):
     """Converts `model` to a verified .tflite file at `path`.
 
@@ -250,6 +253,14 @@ def to_tflite(
             Sparse int8 files, for one, are the smallest but do not run
             under XNNPACK, where dense int8 is fastest.
         threads: interpreter threads for the `policy` timings.
+        per_channel: with `"int8"` or `"dynamic"`: one int8 scale per
+            output channel of each kernel (True, the converter's default)
+            or one per kernel (False: a smaller file, as TFLite stores a
+            scale and a zero point per channel, twice for a sparse kernel;
+            post-training, the coarser grid can cost accuracy). None: True,
+            or for a quantization-aware model its own choice
+            (`quantize_aware(..., per_channel=...)`), which an explicit value
+            must match.
 
     Returns:
         An `ExportReport` (`print` it for a summary).
@@ -267,15 +278,18 @@ def to_tflite(
     path = Path(path)
     if policy is not None:
         export_policy.check_policy(policy, sparse)
-        _check_arguments(model, path, quantization, representative_data, int8_io, batch_size)
+        _check_arguments(model, path, quantization, representative_data, int8_io, batch_size, per_channel)
         return export_policy.write_by_policy(
             to_tflite, model, path, policy, threads=threads, quantization=quantization,
             representative_data=representative_data, int8_io=int8_io, allow_flex_ops=allow_flex_ops,
             verification_data=verification_data, input_signature=input_signature, batch_size=batch_size,
+            per_channel=per_channel,
         )
-    _check_arguments(model, path, quantization, representative_data, int8_io, batch_size)
+    _check_arguments(model, path, quantization, representative_data, int8_io, batch_size, per_channel)
     loops = _recurrent_loops(model)
     from_qat = quantization == "int8" and qat.is_quantize_aware(model)
+    if per_channel is None:
+        per_channel = qat.per_channel_scales(model) if from_qat else True
     plain = model if from_qat else strip(model) if is_pruned(model) else model
     structure = _model_inputs(plain, input_signature)
     inputs = keras.tree.flatten(structure)
@@ -289,7 +303,7 @@ def to_tflite(
         saved = os.path.join(tmp, "saved_model")
         _save(tf, plain, structure, batch_size, saved)
         content = _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops, batch_size,
-                           from_qat)
+                           from_qat, per_channel)
         if from_qat:  # the baseline is the same model, dense and float
             saved = os.path.join(tmp, "float_model")
             _save(tf, strip(model), structure, batch_size, saved)
@@ -304,7 +318,7 @@ def to_tflite(
     write_atomically(path, content)
     return ExportReport(
         path=path, size_bytes=len(content), dense_float_size_bytes=dense_size,
-        quantization="int8 (quantization-aware ranges)" if from_qat else quantization or "none (float32)",
+        quantization=_quantization_text(quantization, from_qat, per_channel),
         sparse=sparse, runtime=runtime,
         interpreter_options=options, attempts=attempts,
         max_abs_error=max(row["max_abs_error"] for row in rows.values()),
@@ -633,13 +647,27 @@ def _compare(expected, actual):
     return rows
 
 
+def _quantization_text(quantization, from_qat, per_channel):
+    if quantization is None:
+        return "none (float32)"
+    details = ["quantization-aware ranges"] * from_qat
+    details += ["per-tensor kernel scales"] * (quantization in PER_CHANNEL_CHOICE and not per_channel)
+    return quantization + (f" ({', '.join(details)})" if details else "")
+
+
 def _agreement(max_abs_error, top1_agreement):
     return f"max |tflite - keras| = {max_abs_error:.3g}" + (
         "" if top1_agreement is None else f", top-1 agreement {top1_agreement:.2%}")
 
 
-def _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops, batch_size, from_qat=False):
+def _convert(tf, saved, quantization, representative, sparse, int8_io, allow_flex_ops, batch_size, from_qat=False,
+             per_channel=True):
     converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+    if quantization in PER_CHANNEL_CHOICE and not per_channel:
+        # The converter's only switch for it (TF 2.21); a per-tensor QAT
+        # kernel already on its grid maps to the same integers.
+        converter._experimental_disable_per_channel = True
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     optimizations = []
     if sparse:
         optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
@@ -721,7 +749,7 @@ def _conversion_error(error, allow_flex_ops, batch_size):
     return ValueError(f"TFLite conversion failed{where}: {messages[0][:300]}. {hint}".rstrip())
 
 
-def _check_arguments(model, path, quantization, representative_data, int8_io, batch_size):
+def _check_arguments(model, path, quantization, representative_data, int8_io, batch_size, per_channel=None):
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras model. Received: model={model!r}")
     if quantization not in QUANTIZATIONS:
@@ -743,6 +771,19 @@ def _check_arguments(model, path, quantization, representative_data, int8_io, ba
             "these layers with unroll=True (fixed sequence length: the loop becomes plain ops that int8 handles). "
             "Received: quantization='int8'"
         )
+    if per_channel is not None:
+        if not isinstance(per_channel, bool):
+            raise ValueError(f"`per_channel` must be None, True or False. Received: per_channel={per_channel!r}")
+        if quantization not in PER_CHANNEL_CHOICE:
+            raise ValueError(
+                f"`per_channel` sets the scales of int8 kernels: it needs quantization='int8' or 'dynamic'. "
+                f"Received: per_channel={per_channel}, quantization={quantization!r}")
+        if from_qat and per_channel != qat.per_channel_scales(model):
+            trained = "one scale per output channel" if not per_channel else "one scale per kernel"
+            raise ValueError(
+                f"The quantization-aware model was trained with {trained} "
+                f"(tfsparse.quantize_aware(..., per_channel={not per_channel})); its file must keep them. "
+                f"Leave `per_channel` unset. Received: per_channel={per_channel}")
     if int8_io and quantization != "int8":
         raise ValueError(f"int8_io=True needs quantization='int8'. Received: quantization={quantization!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):

@@ -42,11 +42,14 @@ class FakeQuantInt8:
             that read a model input: the file's input quantization).
         ema_decay: weight of the old range in the moving average, in
             [0, 1). The first training batch sets the range.
+        per_channel: one int8 scale per output channel of the kernel
+            (TFLite's default), or one for the whole kernel.
     """
 
-    def __init__(self, quantize_inputs=False, ema_decay=0.99):
+    def __init__(self, quantize_inputs=False, ema_decay=0.99, per_channel=True):
         self.quantize_inputs = bool(quantize_inputs)
         self.ema_decay = _checked_decay(ema_decay)
+        self.per_channel = checked_per_channel(per_channel)
 
     def build(self, layer):
         for tensor in ("input",) * self.quantize_inputs + ("output",):
@@ -54,11 +57,12 @@ class FakeQuantInt8:
                 layer._add_masking_weight(f"{PREFIX}{tensor}_{name}", (), "zeros", trainable=False)
 
     def fake_quant_kernel(self, layer, attr, kernel):
-        """`kernel` rounded per output channel to the int8 grid; the
-        gradient passes straight through. Zeros stay exact zeros; a
-        surviving weight below half a step rounds to zero too, as it would
+        """`kernel` rounded per output channel (or per tensor) to the int8
+        grid; the gradient passes straight through. Zeros stay exact zeros;
+        a surviving weight below half a step rounds to zero too, as it would
         in the converter's own quantization."""
-        return _straight_through(kernel, _kernel_grid(kernel, _channel_axes(layer)))
+        channel_axes = _channel_axes(layer) if self.per_channel else ()
+        return _straight_through(kernel, _kernel_grid(kernel, channel_axes))
 
     def fake_quant_inputs(self, layer, inputs, training):
         return self._fake_quant(layer, "input", inputs, training) if self.quantize_inputs else inputs
@@ -71,14 +75,15 @@ class FakeQuantInt8:
         return _fake_quant(values, low, high, batches, self.ema_decay, training)
 
     def get_config(self):
-        return {"quantize_inputs": self.quantize_inputs, "ema_decay": self.ema_decay}
+        return {"quantize_inputs": self.quantize_inputs, "ema_decay": self.ema_decay, "per_channel": self.per_channel}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
 
     def __repr__(self):
-        return f"FakeQuantInt8(quantize_inputs={self.quantize_inputs}, ema_decay={self.ema_decay})"
+        return (f"FakeQuantInt8(quantize_inputs={self.quantize_inputs}, ema_decay={self.ema_decay}, "
+                f"per_channel={self.per_channel})")
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")
@@ -122,6 +127,12 @@ def _checked_decay(ema_decay):
     return float(ema_decay)
 
 
+def checked_per_channel(per_channel):
+    if not isinstance(per_channel, bool):
+        raise ValueError(f"`per_channel` must be True or False. Received: per_channel={per_channel!r}")
+    return per_channel
+
+
 def _fake_quant(values, low, high, batches, decay, training):
     if training:
         _track_range(values, low, high, batches, decay)
@@ -138,7 +149,8 @@ def _channel_axes(layer):
 
 
 def _kernel_grid(kernel, channel_axes):
-    """The kernel on the symmetric per-channel int8 grid, in its dtype."""
+    """The kernel on the symmetric int8 grid, one scale per index of
+    `channel_axes` (one for the whole kernel when there are none), in its dtype."""
     rank = len(kernel.shape)
     keep = {axis % rank for axis in channel_axes}
     reduce = tuple(axis for axis in range(rank) if axis not in keep)

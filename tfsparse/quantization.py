@@ -6,8 +6,9 @@ masked layers compute with fake-quantized int8 values, so that `fit` learns
 weights that survive int8 rounding:
 
 - kernels: the effective kernel (`kernel * mask`, as `strip` bakes it) is
-  rounded per output channel to the symmetric int8 grid {-127..127} x scale,
-  scale = max |w| / 127 (Keras's `keras.quantizers.abs_max_quantize`), with
+  rounded per output channel (or, with `per_channel=False`, Dense kernels
+  per tensor) to the symmetric int8 grid {-127..127} x scale, scale = max |w| / 127
+  (Keras's `keras.quantizers.abs_max_quantize`), with
   straight-through gradients. A pruned weight is 0 before rounding and
   exactly 0 after it. The masks stay as they are (no method runs).
 - activations: the input of a layer that reads a model input, and the output
@@ -79,7 +80,7 @@ RANGED = (
 )
 
 
-def quantize_aware(model, ema_decay=0.99):
+def quantize_aware(model, ema_decay=0.99, per_channel=True):
     """Returns a copy of a pruned model that trains with int8 fake quantization.
 
     Call it after pruning (or for the last phase of fine-tuning), compile the
@@ -100,6 +101,15 @@ def quantize_aware(model, ema_decay=0.99):
         model: a model returned by `tfsparse.prune` (masked).
         ema_decay: weight of the old range in the moving averages of the
             activation ranges, in [0, 1). Default 0.99.
+        per_channel: one int8 scale per output channel of each kernel
+            (default, TFLite's own choice), or `False`: one scale per Dense
+            kernel. The file is smaller (TFLite stores a float32 scale and
+            an int64 zero point per channel, twice for a sparse-encoded
+            kernel, and as many for the bias) at some cost in accuracy,
+            which QAT trains for. Conv and depthwise kernels stay per
+            channel: TF 2.21's converter offers per-tensor kernels of a
+            quantization-aware model only for FULLY_CONNECTED, and the file
+            must hold the trained integers. `to_tflite` follows the model.
 
     Returns:
         The QAT model: a new model, compiled like `model` when it was.
@@ -116,7 +126,7 @@ def quantize_aware(model, ema_decay=0.99):
     ```
     """
     surgery._check_model(model, "model")
-    FakeQuantInt8(ema_decay=ema_decay)  # checks the argument
+    FakeQuantInt8(ema_decay=ema_decay, per_channel=per_channel)  # checks the arguments
     tree = surgery.all_layers(model)
     if not any(masked_layers.is_masked(layer) for layer in tree):
         raise ValueError(
@@ -138,7 +148,8 @@ def quantize_aware(model, ema_decay=0.99):
     for layer in _graph(copy).operations:
         if not _is_quantizable(layer):
             continue
-        quantizer = FakeQuantInt8(quantize_inputs=id(layer) in reads_input, ema_decay=ema_decay)
+        quantizer = FakeQuantInt8(quantize_inputs=id(layer) in reads_input, ema_decay=ema_decay,
+                                  per_channel=per_channel or not isinstance(layer, keras.layers.Dense))
         if masked_layers.is_masked(layer):
             masked_layers.set_quantizer(layer, quantizer)
         else:
@@ -155,6 +166,12 @@ def quantizers(model):
     """The layers of `model` that carry a `FakeQuantInt8`, in layer order."""
     return [layer for layer in surgery.all_layers(model)
             if masked_layers.is_masked(layer) and layer.quantizer is not None]
+
+
+def per_channel_scales(model):
+    """The `per_channel` that `quantize_aware` made `model` with: False when
+    some kernel has one int8 scale for the whole tensor."""
+    return all(layer.quantizer.per_channel for layer in quantizers(model))
 
 
 def check_ranges(model, argument="model"):

@@ -34,7 +34,8 @@ def tensor_rows(path):
     """One dict per constant tensor of the file's subgraphs (`path`: a
     .tflite path or its bytes).
 
-    Keys: name, shape, dtype, quantized, sparse, stored (number of values
+    Keys: name, shape, dtype, quantized, scales (how many quantization
+    scales: 1 per tensor, one per channel, 0 when not quantized), sparse, stored (number of values
     stored in the buffer), zero_fraction (zeros among the logical elements;
     for sparse tensors the elements not stored count as zeros), encoding
     ("dense", "block" or "random"), block (the block shape in the tensor's
@@ -74,12 +75,13 @@ def tensor_rows(path):
             elements = int(np.prod(shape)) if shape else 1
             sparse = tensor.sparsity is not None
             quantization = tensor.quantization
-            quantized = quantization is not None and quantization.scale is not None and len(quantization.scale) > 0
+            scales = 0 if quantization is None or quantization.scale is None else len(quantization.scale)
             zeros = int(np.count_nonzero(values == 0)) + (elements - values.size if sparse else 0)
             block = _block_shape(tensor.sparsity, len(shape)) if sparse else None
             rows.append({
                 "name": tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name),
-                "shape": shape, "dtype": dtype_name.lower(), "quantized": bool(quantized),
+                "shape": shape, "dtype": dtype_name.lower(), "quantized": scales > 0,
+                "scales": scales,
                 "sparse": sparse, "stored": int(values.size),
                 "zero_fraction": zeros / elements if elements else 0.0,
                 "encoding": "dense" if not sparse else "block" if block else "random", "block": block,
@@ -139,9 +141,13 @@ def lost_positions(row):
     return {d: size % block for d, (size, block) in enumerate(zip(row["shape"], row["block"])) if size % block}
 
 
+def _scales_label(scales):
+    return "no" if not scales else "1 scale" if scales == 1 else f"{scales} scales"
+
+
 def format_rows(rows, file_size=None):
     header = ("tensor", "shape", "dtype", "quantized", "sparse", "stored", "zeros", "encoding")
-    lines = [(r["name"][-48:], "x".join(map(str, r["shape"])), r["dtype"], "yes" if r["quantized"] else "no",
+    lines = [(r["name"][-48:], "x".join(map(str, r["shape"])), r["dtype"], _scales_label(r["scales"]),
               "yes" if r["sparse"] else "no", str(r["stored"]), f"{r['zero_fraction']:.2%}", encoding_label(r))
              for r in rows]
     elements = sum(int(np.prod(r["shape"])) if r["shape"] else 1 for r in rows)

@@ -74,6 +74,10 @@ def build_parser():
                         help="data set for int8 calibration and for verification (default: random inputs)")
     export.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs (with --quantization int8)")
     export.add_argument("--dense", action="store_true", help="no sparse weight encoding")
+    export.add_argument("--per-tensor", action="store_true",
+                        help="one int8 scale per kernel instead of per output channel (with --quantization int8 or "
+                             "dynamic): a smaller file, possibly less accurate; a quantization-aware model keeps "
+                             "its own choice")
     export.add_argument("--policy", choices=("smallest", "fastest", "both"),
                         help="convert sparse and dense, time both in LiteRT (batch 1) and write the smallest file, "
                              "the fastest, or both (the fastest as OUT's name + .fastest.tflite); prints the comparison")
@@ -181,7 +185,7 @@ def _export(args, parser):
         representative, verification = data.x_train[:500], data.x_test
     report = export.to_tflite(model, out, quantization=quantization, representative_data=representative,
                               sparse=not args.dense, int8_io=args.int8_io, verification_data=verification,
-                              policy=args.policy)
+                              policy=args.policy, per_channel=False if args.per_tensor else None)
     print(report)
 
 
