@@ -120,6 +120,23 @@ def test_cli_exports_a_qat_model_to_int8_without_data_and_prints_the_comparison(
     assert cli.main(argv) == 2 and "already exists" in capsys.readouterr().err
 
 
+def test_cli_per_tensor_writes_one_scale_per_kernel(sparse_model, tmp_path, capsys):
+    from tfsparse import tflite_tensors
+    from tfsparse_app import cli
+
+    source = tmp_path / "plain.keras"
+    sparse_model.save(source)
+    out = tmp_path / "p.tflite"
+    assert cli.main(["export", str(source), "--out", str(out), "--quantization", "dynamic", "--per-tensor"]) == 0
+    assert "quantization dynamic (per-tensor kernel scales)" in capsys.readouterr().out
+    scales = [row["scales"] for row in tflite_tensors.tensor_rows(out) if row["dtype"] == "int8"]
+    assert scales == [1, 1]
+    # A quantization that has no int8 kernels is refused by name, and nothing is written.
+    assert cli.main(["export", str(source), "--out", str(tmp_path / "f.tflite"), "--per-tensor"]) == 2
+    assert "needs quantization='int8' or 'dynamic'" in capsys.readouterr().err
+    assert not (tmp_path / "f.tflite").exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--quantization", "int8"], "needs --data .* unless the model was trained with tfsparse.quantize_aware"),
     (["--policy", "smallest", "--dense"], "leave out --dense"),
