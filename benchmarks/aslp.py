@@ -10,15 +10,26 @@ Smart Rescale, and the table reports the first epoch at which the validation
 accuracy reaches `--target-accuracy`. Overhead: ASLP epochs vs epochs of the
 plain masked model training its weights with Adam, alternating.
 
+The paper's budget is long training with early stopping on validation:
+`--early-stopping` reports, for every run, the test accuracy of the network
+after the epoch with the best validation accuracy (the first such epoch; the
+test accuracy is recorded every epoch and read only there), beside the last
+epoch's. `--signed-constant` draws the frozen weights as sign(w) x the
+layer's standard deviation (the init of the paper's best results).
+
     python benchmarks/aslp.py [--model lenet_300_100] [--epochs 10] [--seeds 3]
+                              [--early-stopping] [--signed-constant] [--overhead-rounds 6]
 
 Finished runs are cached in benchmarks/results/cache/aslp/ (a rerun resumes).
-Writes benchmarks/results/aslp_<model>.md and .png.
+Writes benchmarks/results/aslp_<model>.md and .png (other settings:
+aslp_<model>_<epochs>_epochs[_early_stopping][_signed_constant].md and .png).
 """
 
 import argparse
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 import common
 
@@ -37,70 +48,123 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--target-accuracy", type=float, default=0.80)
-    parser.add_argument("--overhead-rounds", type=int, default=6)
+    parser.add_argument("--overhead-rounds", type=int, default=6, help="0: no overhead measurement")
+    parser.add_argument("--early-stopping", action="store_true",
+                        help="report the test accuracy at each run's best validation epoch")
+    parser.add_argument("--signed-constant", action="store_true", help="signed-constant frozen weights")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes at a time")
     args = parser.parse_args()
+    options = {"early_stopping": True} if args.early_stopping else {}
+    options.update({"signed_constant": True} if args.signed_constant else {})
 
     with tempfile.TemporaryDirectory() as tmp:
         data = str(Path(tmp) / "data.npz")
         source = common.export_data("fashion_mnist", data)
+        jobs = {(method, keep, seed): dict(kind="method", method=method, keep_fraction=keep, data=data,
+                                           model=args.model, epochs=args.epochs, batch_size=256, learning_rate=1e-3,
+                                           seed=seed, track_validation=True, **options)
+                for seed in range(args.seeds) for method, keep in RUNS}
         results = {}
-        for seed in range(args.seeds):
-            for method, keep in RUNS:
-                job = dict(kind="method", method=method, keep_fraction=keep, data=data, model=args.model,
-                           epochs=args.epochs, batch_size=256, learning_rate=1e-3, seed=seed, track_validation=True)
-                result = common.cached_worker("aslp", job, timeout=4 * 3600)
-                results.setdefault((method, keep), []).append(result)
-                print(f"seed {seed} {label(method, keep):24s} accuracy {result['accuracy']:.4f} "
-                      f"sparsity {result['sparsity']:.4f} time {result['train_seconds']:.0f}s", flush=True)
-        overhead = common.cached_worker("aslp", dict(kind="overhead", method="aslp", data=data, model=args.model,
-                                                     rounds=args.overhead_rounds, seed=0))
+        for (method, keep, _), result in common.run_all("aslp", jobs, args.jobs, describe).items():
+            results.setdefault((method, keep), []).append(result)
+        overhead = args.overhead_rounds and common.cached_worker(
+            "aslp", dict(kind="overhead", method="aslp", data=data, model=args.model, rounds=args.overhead_rounds,
+                         seed=0))
     write(args, source, results, overhead)
+
+
+def describe(job, result):
+    return (f"seed {job['seed']} {label(job['method'], job['keep_fraction']):24s} accuracy {result['accuracy']:.4f} "
+            f"sparsity {result['sparsity']:.4f} time {result['train_seconds']:.0f}s")
 
 
 def first_epoch_reaching(accuracies, target):
     return next((epoch + 1 for epoch, value in enumerate(accuracies) if value >= target), None)
 
 
+def best_validation_epoch(run):
+    """The first epoch (0-based) with the run's best validation accuracy."""
+    return int(np.argmax(run["val_accuracy"]))
+
+
+def reported_accuracy(run, early_stopping):
+    """Test accuracy of the network the run reports: after its best
+    validation epoch with early stopping, else after its last epoch."""
+    return run["test_accuracy_by_epoch"][best_validation_epoch(run)] if early_stopping else run["accuracy"]
+
+
+def span(values):
+    return f"{common.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
 def write(args, source, results, overhead):
     rows = []
     for method, keep in RUNS:
         runs = results[(method, keep)]
-        accuracy = [100 * r["accuracy"] for r in runs]
+        accuracy = [100 * reported_accuracy(r, args.early_stopping) for r in runs]
         sparsity = [r["sparsity"] for r in runs]
         reached = [first_epoch_reaching(r["val_accuracy"], args.target_accuracy) for r in runs]
-        rows.append([label(method, keep), f"{common.median(accuracy):.2f} ({min(accuracy):.2f}-{max(accuracy):.2f})",
-                     f"{common.median(sparsity):.3f}", " / ".join("-" if e is None else str(e) for e in reached)])
-    aslp = common.median([r["accuracy"] for r in results[("aslp", None)]])
-    supermask = common.median([r["accuracy"] for r in results[("supermask", None)]])
-    best_popup = max(common.median([r["accuracy"] for r in results[("edge-popup", k)]]) for k in (0.3, 0.5, 0.7))
+        row = [label(method, keep), span(accuracy)]
+        if args.early_stopping:
+            row += [" / ".join(str(best_validation_epoch(r) + 1) for r in runs),
+                    span([100 * r["accuracy"] for r in runs])]
+        rows.append(row + [f"{common.median(sparsity):.3f}", " / ".join("-" if e is None else str(e) for e in reached)])
+    header = ["method", "test accuracy %" + (" at the best validation epoch" if args.early_stopping else "")]
+    header += ["best validation epoch per seed", "test accuracy % after the last epoch"] * args.early_stopping
+    header += ["sparsity (last epoch)" if args.early_stopping else "sparsity", "epochs to validation target"]
+
+    def median_of(method, keep=None):
+        return common.median([reported_accuracy(r, args.early_stopping) for r in results[(method, keep)]])
+
+    aslp, supermask = median_of("aslp"), median_of("supermask")
+    best_popup = max(median_of("edge-popup", k) for k in (0.3, 0.5, 0.7))
     met = aslp >= supermask and aslp >= best_popup
-    ratio = common.median(overhead["ratios"])
+    flags = " --early-stopping" * args.early_stopping + " --signed-constant" * args.signed_constant
+    flags += "" if overhead else " --overhead-rounds 0"
+    init = "signed constant: sign(w) x the layer's standard deviation" if args.signed_constant else \
+        "untruncated Kaiming normal"
     text = f"""# Subnetworks of frozen random weights on {args.model}, Fashion-MNIST
 
-Command: `python benchmarks/aslp.py --model {args.model} --epochs {args.epochs} --seeds {args.seeds}`
+Command: `python benchmarks/aslp.py --model {args.model} --epochs {args.epochs} --seeds {args.seeds}{flags}`
 Machine: {common.machine()}; {common.versions()}. Data: {source}.
 Budget for every method: {args.epochs} epochs of batch 256 over the first 90 % of the training set, the
-same batches and the same frozen weights (untruncated Kaiming normal, seed = run seed). Learning rates
+same batches and the same frozen weights ({init}, seed = run seed). Learning rates
 as in the original code: ASLP logits SGD 50, scales SGD 1e-3 (momentum 0.9); supermask scores as ASLP's;
 edge-popup scores SGD 0.1 (momentum 0.9).
 
-Test accuracy % of the deterministic network, median (range) over {args.seeds} seeds; sparsity of the
+Test accuracy % of the deterministic network, median (range) over {args.seeds} seeds{early_stopping_text(args)}; sparsity of the
 final network; first epoch with validation accuracy >= {args.target_accuracy:.2f} for each seed ("-": not reached):
 
-{common.markdown_table(["method", "test accuracy %", "sparsity", "epochs to validation target"], rows)}
+{common.markdown_table(header, rows)}
 
 Goal (ASLP >= supermask and >= edge-popup at its best keep fraction): {"met" if met else "missed"}
 (ASLP {100 * aslp:.2f}, supermask {100 * supermask:.2f}, best edge-popup {100 * best_popup:.2f}).
 
-Overhead: ASLP epochs vs epochs of the plain masked model training its weights with Adam,
-alternating one-epoch fits: time ratio {ratio:.3f} (median of {len(overhead["ratios"])} pairs; range
-{min(overhead["ratios"]):.2f}-{max(overhead["ratios"]):.2f}; goal <= 1.3).
+{overhead_text(overhead)}
 """
     common.RESULTS.mkdir(exist_ok=True)
-    stem = common.RESULTS / f"aslp_{args.model}"
+    default = args.epochs == 10 and not args.early_stopping and not args.signed_constant
+    stem = common.RESULTS / (f"aslp_{args.model}" if default else f"aslp_{args.model}_{args.epochs}_epochs"
+                             + "_early_stopping" * args.early_stopping + "_signed_constant" * args.signed_constant)
     Path(f"{stem}.md").write_text(text)
     plot(results, args, f"{stem}.png")
     print(text)
+
+
+def early_stopping_text(args):
+    if not args.early_stopping:
+        return ""
+    return (" (early stopping: the network after the epoch of best validation accuracy on the held-out 10 %,"
+            " the test set read only at that epoch)")
+
+
+def overhead_text(overhead):
+    if not overhead:
+        return "Overhead: not measured in this run (`--overhead-rounds 0`; see aslp_lenet_300_100.md)."
+    ratios = overhead["ratios"]
+    return (f"Overhead: ASLP epochs vs epochs of the plain masked model training its weights with Adam,\n"
+            f"alternating one-epoch fits: time ratio {common.median(ratios):.3f} (median of {len(ratios)} pairs; "
+            f"range\n{min(ratios):.2f}-{max(ratios):.2f}; goal <= 1.3).")
 
 
 def plot(results, args, path):

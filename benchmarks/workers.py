@@ -236,12 +236,13 @@ def make_method(tfsparse, job, x, y, total_steps):
         return tfsparse.methods.OptG(job["sparsity"], epochs=job["epochs"], beta=job.get("beta", 1.0))
     if job["method"] == "optg-polynomial":
         return optg_on_polynomial_schedule(tfsparse, job["sparsity"], job["epochs"], job["end_fraction"])
+    frozen = dict(seed=job["seed"], signed_constant=job.get("signed_constant", False))
     if job["method"] in ("aslp", "aslp-norescale"):
-        return tfsparse.methods.ASLP(smart_rescale=job["method"] == "aslp", seed=job["seed"])
+        return tfsparse.methods.ASLP(smart_rescale=job["method"] == "aslp", **frozen)
     if job["method"] == "supermask":
-        return tfsparse.methods.Supermask(seed=job["seed"])
+        return tfsparse.methods.Supermask(**frozen)
     if job["method"] == "edge-popup":
-        return tfsparse.methods.EdgePopup(job["keep_fraction"], seed=job["seed"])
+        return tfsparse.methods.EdgePopup(job["keep_fraction"], **frozen)
     if job["method"] == "magnitude-sigmoid":  # ablation: OptG's schedule, the magnitude criterion
         steps_per_epoch = total_steps // job["epochs"]
         sigmoid = tfsparse.schedules.SigmoidStep(job["sparsity"], job["epochs"], end_at_target=True)
@@ -270,10 +271,12 @@ def optg_on_polynomial_schedule(tfsparse, sparsity, epochs, end_fraction):
     return OptGPolynomial(sparsity, epochs=epochs)
 
 
-def validation_tracker(x, y):
+def validation_tracker(x, y, test=None):
     """A callback recording, after every epoch, the inference network's
     accuracy on the last 10 % of (x, y), which the caller holds out from
-    training (`cut` is where the held-out part begins)."""
+    training (`cut` is where the held-out part begins), and with `test`
+    (x, y) its test accuracy, for reporting the epoch that validation picks
+    (early stopping) without looking at the test set."""
     import keras
 
     class ValidationTracker(keras.callbacks.Callback):
@@ -282,10 +285,15 @@ def validation_tracker(x, y):
         def __init__(self):
             super().__init__()
             self.accuracies = []
+            self.test_accuracies = []
+
+        def accuracy(self, inputs, labels):
+            return float(np.mean(self.model.predict(inputs, batch_size=1024, verbose=0).argmax(-1) == labels))
 
         def on_epoch_end(self, epoch, logs=None):
-            logits = self.model.predict(x[self.cut:], batch_size=1024, verbose=0)
-            self.accuracies.append(float(np.mean(logits.argmax(-1) == y[self.cut:])))
+            self.accuracies.append(self.accuracy(x[self.cut:], y[self.cut:]))
+            if test is not None:
+                self.test_accuracies.append(self.accuracy(*test))
 
     return ValidationTracker()
 
@@ -302,7 +310,8 @@ def method_job(job):
     import tfsparse
 
     keras.utils.set_random_seed(job["seed"])
-    tracker = validation_tracker(x, y) if job.get("track_validation") else None
+    tracker = (validation_tracker(x, y, (xt, yt) if job.get("early_stopping") else None)
+               if job.get("track_validation") else None)
     steps_per_epoch = int(np.ceil((tracker.cut if tracker else len(x)) / job["batch_size"]))
     method = make_method(tfsparse, job, x, y, steps_per_epoch * job["epochs"])
     model = tfsparse.prune(build(keras, job["model"], x.shape[1:], job.get("weight_decay", 0.0)),
@@ -322,6 +331,8 @@ def method_job(job):
               "history": history}
     if tracker:
         result["val_accuracy"] = tracker.accuracies
+        if job.get("early_stopping"):
+            result["test_accuracy_by_epoch"] = tracker.test_accuracies
     if history and "coverage" in history[-1]:
         result["coverage"] = history[-1]["coverage"]
     return result
