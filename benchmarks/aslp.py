@@ -123,6 +123,9 @@ def write(args, source, results, overhead):
     flags += "" if overhead else " --overhead-rounds 0"
     init = "signed constant: sign(w) x the layer's standard deviation" if args.signed_constant else \
         "untruncated Kaiming normal"
+    overhead_line = common.overhead_text(
+        overhead, "ASLP epochs vs epochs of the plain masked model training its weights with Adam", 1.3,
+        "aslp_lenet_300_100.md")
     text = f"""# Subnetworks of frozen random weights on {args.model}, Fashion-MNIST
 
 Command: `python benchmarks/aslp.py --model {args.model} --epochs {args.epochs} --seeds {args.seeds}{flags}`
@@ -140,7 +143,7 @@ final network; first epoch with validation accuracy >= {args.target_accuracy:.2f
 Goal (ASLP >= supermask and >= edge-popup at its best keep fraction): {"met" if met else "missed"}
 (ASLP {100 * aslp:.2f}, supermask {100 * supermask:.2f}, best edge-popup {100 * best_popup:.2f}).
 
-{overhead_text(overhead)}
+{overhead_line}
 """
     common.RESULTS.mkdir(exist_ok=True)
     default = args.epochs == 10 and not args.early_stopping and not args.signed_constant
@@ -156,15 +159,6 @@ def early_stopping_text(args):
         return ""
     return (" (early stopping: the network after the epoch of best validation accuracy on the held-out 10 %,"
             " the test set read only at that epoch)")
-
-
-def overhead_text(overhead):
-    if not overhead:
-        return "Overhead: not measured in this run (`--overhead-rounds 0`; see aslp_lenet_300_100.md)."
-    ratios = overhead["ratios"]
-    return (f"Overhead: ASLP epochs vs epochs of the plain masked model training its weights with Adam,\n"
-            f"alternating one-epoch fits: time ratio {common.median(ratios):.3f} (median of {len(ratios)} pairs; "
-            f"range\n{min(ratios):.2f}-{max(ratios):.2f}; goal <= 1.3).")
 
 
 def plot(results, args, path):

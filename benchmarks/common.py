@@ -157,3 +157,14 @@ def tfmot_job(data, sparsity, seed, end_fraction, **recipe):
     the target."""
     return dict(recipe, kind="accuracy", library="tfmot", data=data, sparsity=sparsity, seed=seed,
                 end_fraction=end_fraction, frequency=100)
+
+
+def overhead_text(overhead, what, goal, measured_in):
+    """The overhead sentence of a results page: `what` (e.g. "DST-EE vs the
+    plain masked model (no method)") from an "overhead" worker's ratios, or,
+    without a measurement, a pointer to the page `measured_in` that has one."""
+    if not overhead:
+        return f"Overhead: not measured in this run (`--overhead-rounds 0`; see {measured_in})."
+    ratios = overhead["ratios"]
+    return (f"Overhead: {what}, alternating one-epoch fits: time ratio {median(ratios):.3f} (median of "
+            f"{len(ratios)} pairs; range {min(ratios):.2f}-{max(ratios):.2f}; goal <= {goal}).")

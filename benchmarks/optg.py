@@ -183,12 +183,8 @@ Fraction of mask entries flipped at each epoch start (OptG, seed 0):
 {common.markdown_table(["sparsity", "epochs 0, 1, 2, ..."], flips)}
 """
     if overhead:
-        ratio = common.median(overhead["ratios"])
-        text += f"""
-Overhead: OptG vs the plain masked model (no method), alternating one-epoch fits: time ratio
-{ratio:.3f} (median of {len(overhead["ratios"])} pairs; range {min(overhead["ratios"]):.2f}-{max(overhead["ratios"]):.2f};
-goal <= 1.2).
-"""
+        text += "\n" + common.overhead_text(overhead, "OptG vs the plain masked model (no method)", 1.2,
+                                            "optg_lenet_300_100.md") + "\n"
     name = f"optg_{args.model}" if args.recipe == "adam" else f"optg_paper_{args.model}"
     common.save_accuracy_results(name, text, medians, args.sparsities, {m: LABELS[m] for m in args.methods},
                                  f"{args.model}, Fashion-MNIST")
