@@ -664,8 +664,9 @@ def _convert(tf, saved, quantization, representative, sparse, int8_io, allow_fle
              per_channel=True):
     converter = tf.lite.TFLiteConverter.from_saved_model(saved)
     if quantization in PER_CHANNEL_CHOICE and not per_channel:
-        # The converter's only switch for it (TF 2.21); a per-tensor QAT
-        # kernel already on its grid maps to the same integers.
+        # TF 2.21: the first switch serves post-training quantization, the
+        # quantization-aware path reads only the second (FULLY_CONNECTED;
+        # its conv kernels stay per channel, as `quantize_aware` trains them).
         converter._experimental_disable_per_channel = True
         converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     optimizations = []

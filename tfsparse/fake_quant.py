@@ -49,7 +49,7 @@ class FakeQuantInt8:
     def __init__(self, quantize_inputs=False, ema_decay=0.99, per_channel=True):
         self.quantize_inputs = bool(quantize_inputs)
         self.ema_decay = _checked_decay(ema_decay)
-        self.per_channel = checked_per_channel(per_channel)
+        self.per_channel = _checked_per_channel(per_channel)
 
     def build(self, layer):
         for tensor in ("input",) * self.quantize_inputs + ("output",):
@@ -127,7 +127,7 @@ def _checked_decay(ema_decay):
     return float(ema_decay)
 
 
-def checked_per_channel(per_channel):
+def _checked_per_channel(per_channel):
     if not isinstance(per_channel, bool):
         raise ValueError(f"`per_channel` must be True or False. Received: per_channel={per_channel!r}")
     return per_channel
