@@ -46,11 +46,14 @@ def one_shot_magnitude(teacher, targets):
 
 
 def fine_tuned(masked, data, epochs, seed):
-    """Test accuracy of the masked model after `epochs` of training, masks fixed (no method runs)."""
+    """Test accuracy % of the masked model after `epochs` of training, masks fixed (no method runs),
+    of the stripped model at the end, and of the masked one after each epoch (read only, never used
+    to choose anything)."""
     keras.utils.set_random_seed(seed)
-    masked.compile(keras.optimizers.Adam(1e-3), LOSS)
-    masked.fit(data.x_train, data.y_train, batch_size=128, epochs=epochs, verbose=0)
-    return accuracy(tfsparse.strip(masked), data)
+    masked.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
+    history = masked.fit(data.x_train, data.y_train, batch_size=128, epochs=epochs, verbose=0,
+                         validation_data=(data.x_test, data.y_test), validation_batch_size=1024)
+    return accuracy(tfsparse.strip(masked), data), [100 * a for a in history.history["val_accuracy"]]
 
 
 def main():
@@ -81,9 +84,9 @@ def main():
                 "history": evolution.history,
             }
             if args.fine_tune_epochs:
-                run["levels"][sparsity].update(
-                    de_fine_tuned=fine_tuned(masked_student, data, args.fine_tune_epochs, seed),
-                    magnitude_fine_tuned=fine_tuned(magnitude, data, args.fine_tune_epochs, seed))
+                for name, masked in (("de", masked_student), ("magnitude", magnitude)):
+                    final, by_epoch = fine_tuned(masked, data, args.fine_tune_epochs, seed)
+                    run["levels"][sparsity].update({f"{name}_fine_tuned": final, f"{name}_by_epoch": by_epoch})
             print(seed, sparsity, {k: v for k, v in run["levels"][sparsity].items() if k != "history"}, flush=True)
             if sparsity == 0.9:
                 bits, divergence = compression.search_bits(student, calibration, divergence_budget=0.01)
@@ -118,6 +121,26 @@ def write(args, source, runs):
         header += [f"DE + {args.fine_tune_epochs} epochs %", f"magnitude + {args.fine_tune_epochs} epochs %",
                    "difference"]
     goals = {de: all(med(s, de) > med(s, magnitude) for s in SPARSITIES) for de, magnitude in compared}
+    curve = ""
+    if tuned:
+        def by_epoch(sparsity, name, epoch):
+            return common.median([r["levels"][sparsity][f"{name}_by_epoch"][epoch] for r in runs])
+
+        def cell(sparsity, epoch):
+            de, magnitude = by_epoch(sparsity, "de", epoch), by_epoch(sparsity, "magnitude", epoch)
+            return f"{de:.2f} / {magnitude:.2f} ({de - magnitude:+.2f})"
+
+        epochs = range(args.fine_tune_epochs)
+        curve_rows = [[f"{s:.1f}"] + [cell(s, e) for e in epochs] for s in SPARSITIES]
+        after_one = all(by_epoch(s, "de", 0) > by_epoch(s, "magnitude", 0) for s in SPARSITIES)
+        curve = f"""
+During fine-tuning: test accuracy % of DE / magnitude (difference) after each epoch, medians (read
+after the fact, nothing chosen from it):
+
+{common.markdown_table(["sparsity per layer", *(f"epoch {e + 1}" for e in epochs)], curve_rows)}
+
+DE above magnitude at every level after 1 fine-tuning epoch: {"met" if after_one else "missed"}.
+"""
     first = runs[0]
     report = first["compression"]["report"]
     text = f"""# Directed Evolution on LeNet-300-100, Fashion-MNIST
@@ -133,7 +156,7 @@ Test accuracy %, median (range) over {args.seeds} seed(s):
 
 Goal (DE above magnitude at every level), without fine-tuning: {"met" if goals["de"] else "missed"}{
 f"; both fine-tuned: {'met' if goals['de_fine_tuned'] else 'missed'}" if tuned else ""}.
-
+{curve}
 Quantization and encoding of the 0.9 student (seed 0): bits per layer chosen by the search (KL budget
 0.01; KL reached {first["compression"]["divergence"]:.4f}): {first["compression"]["bits"]}. Test accuracy
 {first["levels"][0.9]["de"]:.2f} % before and {first["compression"]["quantized"]:.2f} % after quantization.

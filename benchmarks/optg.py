@@ -18,12 +18,15 @@ Full Fashion-MNIST, the same epochs and the same batches (see
   lr_w * sigmoid(e - E/2), per-epoch global top-k to s(e) (beta = 1).
 - MagnitudePruning(allocation="global"): PolynomialDecay 0 -> target over
   75 % of the steps, frequency 100.
+- MagnitudePruning(allocation="layer") (`--methods magnitude-layer`): the
+  same schedule, every layer at the target: GMP as Zhu & Gupta define it.
 - tfmot prune_low_magnitude: the same schedule, every layer at the target.
 - Overhead: OptG vs the plain masked model (no method), alternating one-epoch
   fits (median of the per-pair ratios).
 
     python benchmarks/optg.py [--model lenet_300_100] [--epochs 15] [--seeds 3]
     python benchmarks/optg.py --recipe paper [--jobs 2]
+    python benchmarks/optg.py --recipe paper --methods magnitude-layer   # a page of its own
 
 Finished runs are cached in benchmarks/results/cache/optg/ (a rerun resumes).
 Writes benchmarks/results/optg_<model>.md and .png (`--recipe paper`:
@@ -36,7 +39,8 @@ from pathlib import Path
 
 import common
 
-LABELS = {"optg": "OptG", "magnitude-global": "tfsparse magnitude (global)", "tfmot": "tfmot GMP"}
+LABELS = {"optg": "OptG", "magnitude-global": "tfsparse magnitude (global)",
+          "magnitude-layer": "tfsparse magnitude (per layer, GMP)", "tfmot": "tfmot GMP"}
 RECIPES = {
     "adam": dict(methods=("optg", "magnitude-global", "tfmot"), epochs=15, batch_size=128, learning_rates=[1e-3]),
     "paper": dict(methods=("optg", "magnitude-global"), epochs=100, batch_size=256,
@@ -69,13 +73,16 @@ def main():
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.90, 0.95, 0.98])
     parser.add_argument("--overhead-rounds", type=int, default=6)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes at a time")
+    parser.add_argument("--methods", nargs="+", choices=sorted(LABELS),
+                        help="default: the recipe's (adam: optg magnitude-global tfmot; paper: optg "
+                             "magnitude-global); others write their own page")
     parser.add_argument("--ablations", action="store_true",
                         help="paper recipe: the ablations of ABLATIONS on validation (--select-sparsity, seed 0)")
     args = parser.parse_args()
     recipe = RECIPES[args.recipe]
     args.epochs = args.epochs or recipe["epochs"]
     args.learning_rates = args.learning_rates or recipe["learning_rates"]
-    args.methods = recipe["methods"]
+    args.methods = tuple(args.methods or recipe["methods"])
     base = dict(model=args.model, epochs=args.epochs, batch_size=recipe["batch_size"])
     if args.recipe == "paper":
         base.update(recipe="paper", warmup_epochs=recipe["warmup_epochs"], weight_decay=recipe["weight_decay"])
@@ -125,19 +132,22 @@ def describe(job, result):
 def write(args, source, results, overhead, selection, chosen, ablations):
     rows, medians = common.accuracy_rows(results, args.sparsities, args.methods)
     verdicts = []
+    others = [m for m in args.methods if m != "optg"]
     for sparsity in (0.95, 0.98):
-        if sparsity in args.sparsities:
-            best_other = max(medians[(sparsity, m)] for m in args.methods[1:])
+        if sparsity in args.sparsities and "optg" in args.methods and others:
+            best_other = max(medians[(sparsity, m)] for m in others)
             gap = medians[(sparsity, "optg")] - best_other
             verdicts.append(f"{sparsity:.2f}: {gap:+.2f} points vs the better baseline ({'met' if gap > 0 else 'missed'})")
     flips = [[f"{s:.2f}", " ".join(f"{h['flip_fraction']:.3f}" for h in results[(s, "optg")][0]["history"])]
-             for s in args.sparsities]
+             for s in args.sparsities if "optg" in args.methods]
     command = f"python benchmarks/optg.py --model {args.model} --epochs {args.epochs} --seeds {args.seeds}"
     if args.recipe == "adam":
         budget = f"{args.epochs} epochs, Adam 1e-3 (weights), batch 128, identical batches."
     else:
         command += (f" --recipe paper --learning-rates {' '.join(f'{r:g}' for r in args.learning_rates)} "
                     f"--sparsities {' '.join(f'{s:g}' for s in args.sparsities)}" + (" --ablations" if ablations else ""))
+    if args.methods != RECIPES[args.recipe]["methods"]:
+        command += f" --methods {' '.join(args.methods)}"
         budget = (f"{args.epochs} epochs, SGD momentum 0.9, learning rate linear from 0 to the peak over "
                   f"{RECIPES['paper']['warmup_epochs']} epochs, then cosine to 0 (Keras CosineDecay with warm-up), "
                   f"coupled weight decay {RECIPES['paper']['weight_decay']:g} on the kernels (an L2 penalty, "
@@ -149,8 +159,8 @@ Command: `{command}`
 Machine: {common.machine()}; {common.versions()}. Data: {source}.
 Budget for every method: {budget}
 OptG: beta = 1, score SGD momentum 0.9, masks by one global top-k at each epoch start. Magnitude
-baselines: PolynomialDecay 0 -> target over 75 % of the steps, frequency 100 (tfsparse: one global
-threshold; tfmot: every layer at the target).
+baselines: PolynomialDecay 0 -> target over 75 % of the steps, frequency 100 (global: one threshold
+over all layers; per layer (GMP, Zhu & Gupta) and tfmot: every layer at the target).
 """
     if selection:
         candidates = [[LABELS[m], *(f"{100 * selection[(m, r)]['accuracy']:.2f}" for r in args.learning_rates),
@@ -175,9 +185,13 @@ for the method whose criterion it uses): accuracy % on the last 10 % of the trai
 Test accuracy %, median (range) over {args.seeds} seeds:
 
 {common.markdown_table(["sparsity", *[LABELS[m] for m in args.methods]], rows)}
-
-Goal (OptG above {"both baselines" if len(args.methods) > 2 else "the baseline"} at 0.95 and 0.98): {"; ".join(verdicts)}.
-
+"""
+    if verdicts:
+        text += f"""
+Goal (OptG above {"every baseline" if len(others) > 1 else "the baseline"} at 0.95 and 0.98): {"; ".join(verdicts)}.
+"""
+    if flips:
+        text += f"""
 Fraction of mask entries flipped at each epoch start (OptG, seed 0):
 
 {common.markdown_table(["sparsity", "epochs 0, 1, 2, ..."], flips)}
@@ -186,6 +200,8 @@ Fraction of mask entries flipped at each epoch start (OptG, seed 0):
         text += "\n" + common.overhead_text(overhead, "OptG vs the plain masked model (no method)", 1.2,
                                             "optg_lenet_300_100.md") + "\n"
     name = f"optg_{args.model}" if args.recipe == "adam" else f"optg_paper_{args.model}"
+    if args.methods != RECIPES[args.recipe]["methods"]:
+        name += "_" + "_".join(args.methods)
     common.save_accuracy_results(name, text, medians, args.sparsities, {m: LABELS[m] for m in args.methods},
                                  f"{args.model}, Fashion-MNIST")
 

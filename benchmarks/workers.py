@@ -7,7 +7,7 @@ Jobs (a JSON object on the command line):
 - {"kind": "epoch_time", "library": "keras3"|"tf_keras", ...}: per-epoch
   training time of the plain and of the pruned model, interleaved.
 - {"kind": "dst" or "method", "method": "dst-ee"|"rigl"|"set"|"optg"|
-  "magnitude-global", ...}: a tfsparse method on the shared recipe (Adam),
+  "magnitude-global"|"dense", ...}: a tfsparse method (or none) on the shared recipe (Adam),
   or with "recipe": "paper" on OptG's (see `optimizer`).
 - {"kind": "overhead", "method": ..., ...}: per-epoch times of a method and
   of the plain masked model, interleaved.
@@ -299,8 +299,8 @@ def validation_tracker(x, y, test=None):
 
 
 def method_job(job):
-    """One tfsparse method (see `make_method`) on the shared recipe; test (or,
-    with "validation", held-out) accuracy."""
+    """One tfsparse method (see `make_method`; "dense": none, the unpruned
+    model) on the shared recipe; test (or, with "validation", held-out) accuracy."""
     x, y, xt, yt = load(job)
     if job.get("validation"):  # the last 10 % of the training set, never the test set
         cut = int(0.9 * len(x))
@@ -313,15 +313,16 @@ def method_job(job):
     tracker = (validation_tracker(x, y, (xt, yt) if job.get("early_stopping") else None)
                if job.get("track_validation") else None)
     steps_per_epoch = int(np.ceil((tracker.cut if tracker else len(x)) / job["batch_size"]))
-    method = make_method(tfsparse, job, x, y, steps_per_epoch * job["epochs"])
-    model = tfsparse.prune(build(keras, job["model"], x.shape[1:], job.get("weight_decay", 0.0)),
-                           **method.layer_options)
+    method = None if job["method"] == "dense" else make_method(tfsparse, job, x, y, steps_per_epoch * job["epochs"])
+    model = build(keras, job["model"], x.shape[1:], job.get("weight_decay", 0.0))
+    if method:
+        model = tfsparse.prune(model, **method.layer_options)
     model.compile(optimizer(keras, job, steps_per_epoch),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     if tracker:
         x, y = x[:tracker.cut], y[:tracker.cut]
     start = time.perf_counter()
-    fit_same_batches(model, x, y, job, [method] + ([tracker] if tracker else []))
+    fit_same_batches(model, x, y, job, [callback for callback in (method, tracker) if callback])
     seconds = time.perf_counter() - start
     stripped = tfsparse.strip(model)
     stripped.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])

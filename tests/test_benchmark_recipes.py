@@ -41,3 +41,18 @@ def test_weight_decay_is_coupled_and_reaches_pruned_kernel_entries():
     gradient = tape.gradient(penalty, weight.kernel)
     np.testing.assert_allclose(gradient, 5e-4 * keras.ops.convert_to_numpy(weight.kernel), rtol=1e-5, atol=1e-12)
     assert not workers.build(keras, "lenet_300_100", (28, 28)).losses
+
+
+def test_a_dense_method_job_trains_the_unpruned_model_on_the_recipe(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 28, 28), dtype="float32"), rng.integers(0, 10, 64)
+    np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_test=x[:16], y_test=y[:16])
+    job = dict(kind="method", method="dense", model="lenet_300_100", data=str(tmp_path / "data.npz"), epochs=6,
+               batch_size=32, sparsity=0.0, seed=0, learning_rate=0.1, recipe="paper", warmup_epochs=5,
+               weight_decay=5e-4)
+    result = workers.method_job(job)
+    assert result["sparsity"] == 0.0 and result["history"] == []
+    assert 0.0 <= result["accuracy"] <= 1.0
+    held_out = 64 - int(0.9 * 64)  # validation: trains on the first 57 examples, scores the last 7
+    correct = workers.method_job(dict(job, validation=True))["accuracy"] * held_out
+    assert correct == pytest.approx(round(correct), abs=1e-4)
