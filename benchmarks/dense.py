@@ -59,6 +59,14 @@ def describe(job, result):
             f"accuracy {result['accuracy']:.4f} time {result['train_seconds']:.0f}s")
 
 
+def describe_recipe(name, epochs):
+    recipe = RECIPES[name]
+    if name == "adam":
+        return f"{epochs} epochs, Adam, batch {recipe['batch_size']}"
+    return (f"{epochs} epochs, SGD momentum 0.9, {recipe['warmup_epochs']} warm-up epochs then cosine to 0, coupled "
+            f"weight decay {recipe['weight_decay']:g} on the kernels, batch {recipe['batch_size']}")
+
+
 def write(args, source, selection, chosen, results):
     accuracies = [100 * result["accuracy"] for result in results]
     command = (f"python benchmarks/dense.py --model {args.model} --recipe {args.recipe} --epochs {args.epochs} "
@@ -67,8 +75,8 @@ def write(args, source, selection, chosen, results):
 
 Command: `{command}`
 Machine: {common.machine()}; {common.versions()}. Data: {source}.
-Recipe: optg.py's `{args.recipe}` ({args.epochs} epochs, batch {RECIPES[args.recipe]['batch_size']}), no pruning,
-the pruning benchmarks' batches.
+Recipe: optg.py's `{args.recipe}`, {describe_recipe(args.recipe, args.epochs)}; no pruning, the pruning
+benchmarks' batches.
 """
     if selection:
         rows = [[f"{rate:g}", f"{100 * selection[rate]['accuracy']:.2f}"] for rate in args.learning_rates]
