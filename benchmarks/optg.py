@@ -153,7 +153,8 @@ def write(args, source, results, overhead, selection, chosen, ablations):
                   f"coupled weight decay {RECIPES['paper']['weight_decay']:g} on the kernels (an L2 penalty, "
                   "as PyTorch's SGD; the authors' CIFAR-10 value), batch 256, identical batches. Device: the CPU "
                   "(no GPU), at low priority beside other jobs, so no times are reported.")
-    text = f"""# OptG on {args.model}, Fashion-MNIST{" (the OptG paper's recipe)" if args.recipe == "paper" else ""}
+    title = "OptG" if "optg" in args.methods else ", ".join(LABELS[m] for m in args.methods)
+    text = f"""# {title} on {args.model}, Fashion-MNIST{" (the OptG paper's recipe)" if args.recipe == "paper" else ""}
 
 Command: `{command}`
 Machine: {common.machine()}; {common.versions()}. Data: {source}.
@@ -162,6 +163,10 @@ OptG: beta = 1, score SGD momentum 0.9, masks by one global top-k at each epoch 
 baselines: PolynomialDecay 0 -> target over 75 % of the steps, frequency 100 (global: one threshold
 over all layers; per layer (GMP, Zhu & Gupta) and tfmot: every layer at the target).
 """
+    if "optg" not in args.methods:
+        page = f"optg_{args.model}" if args.recipe == "adam" else f"optg_paper_{args.model}"
+        text += (f"\nOptG itself is not in this run: its runs on the same recipe, seeds and batches are in {page}.md "
+                 "(each run is deterministic given its seed: the batches come from NumPy, see workers.py).\n")
     if selection:
         candidates = [[LABELS[m], *(f"{100 * selection[(m, r)]['accuracy']:.2f}" for r in args.learning_rates),
                        f"{chosen[m]:g}"] for m in args.methods]
