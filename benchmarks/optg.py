@@ -20,6 +20,8 @@ Full Fashion-MNIST, the same epochs and the same batches (see
   75 % of the steps, frequency 100.
 - MagnitudePruning(allocation="layer") (`--methods magnitude-layer`): the
   same schedule, every layer at the target: GMP as Zhu & Gupta define it.
+- MagnitudePruning(allocation="lamp") (`--methods magnitude-lamp`): the same
+  schedule, LAMP scores (Lee et al., ICLR 2021) under one global threshold.
 - tfmot prune_low_magnitude: the same schedule, every layer at the target.
 - Overhead: OptG vs the plain masked model (no method), alternating one-epoch
   fits (median of the per-pair ratios).
@@ -40,7 +42,8 @@ from pathlib import Path
 import common
 
 LABELS = {"optg": "OptG", "magnitude-global": "tfsparse magnitude (global)",
-          "magnitude-layer": "tfsparse magnitude (per layer, GMP)", "tfmot": "tfmot GMP"}
+          "magnitude-layer": "tfsparse magnitude (per layer, GMP)", "magnitude-lamp": "tfsparse magnitude (LAMP)",
+          "tfmot": "tfmot GMP"}
 RECIPES = {
     "adam": dict(methods=("optg", "magnitude-global", "tfmot"), epochs=15, batch_size=128, learning_rates=[1e-3]),
     "paper": dict(methods=("optg", "magnitude-global"), epochs=100, batch_size=256,
@@ -161,7 +164,8 @@ Machine: {common.machine()}; {common.versions()}. Data: {source}.
 Budget for every method: {budget}
 OptG: beta = 1, score SGD momentum 0.9, masks by one global top-k at each epoch start. Magnitude
 baselines: PolynomialDecay 0 -> target over 75 % of the steps, frequency 100 (global: one threshold
-over all layers; per layer (GMP, Zhu & Gupta) and tfmot: every layer at the target).
+over all layers; LAMP: one threshold over LAMP scores; per layer (GMP, Zhu & Gupta) and tfmot: every
+layer at the target).
 """
     if "optg" not in args.methods:
         page = f"optg_{args.model}" if args.recipe == "adam" else f"optg_paper_{args.model}"

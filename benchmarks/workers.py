@@ -248,7 +248,7 @@ def make_method(tfsparse, job, x, y, total_steps):
         sigmoid = tfsparse.schedules.SigmoidStep(job["sparsity"], job["epochs"], end_at_target=True)
         schedule = tfsparse.schedules.FunctionSchedule(lambda step: sigmoid(step // steps_per_epoch), steps_per_epoch)
         return tfsparse.methods.MagnitudePruning(schedule=schedule, allocation="global")
-    if job["method"] in ("magnitude-global", "magnitude-layer"):
+    if job["method"] in ("magnitude-global", "magnitude-layer", "magnitude-lamp"):
         schedule = tfsparse.schedules.PolynomialDecay(
             0.0, job["sparsity"], begin_step=0, end_step=int(job["end_fraction"] * total_steps) // 100 * 100,
             frequency=100)
