@@ -149,13 +149,13 @@ def write(args, source, results, overhead, selection, chosen, ablations):
     else:
         command += (f" --recipe paper --learning-rates {' '.join(f'{r:g}' for r in args.learning_rates)} "
                     f"--sparsities {' '.join(f'{s:g}' for s in args.sparsities)}" + (" --ablations" if ablations else ""))
-    if args.methods != RECIPES[args.recipe]["methods"]:
-        command += f" --methods {' '.join(args.methods)}"
         budget = (f"{args.epochs} epochs, SGD momentum 0.9, learning rate linear from 0 to the peak over "
                   f"{RECIPES['paper']['warmup_epochs']} epochs, then cosine to 0 (Keras CosineDecay with warm-up), "
                   f"coupled weight decay {RECIPES['paper']['weight_decay']:g} on the kernels (an L2 penalty, "
                   "as PyTorch's SGD; the authors' CIFAR-10 value), batch 256, identical batches. Device: the CPU "
                   "(no GPU), at low priority beside other jobs, so no times are reported.")
+    if args.methods != RECIPES[args.recipe]["methods"]:
+        command += f" --methods {' '.join(args.methods)}"
     title = "OptG" if "optg" in args.methods else ", ".join(LABELS[m] for m in args.methods)
     text = f"""# {title} on {args.model}, Fashion-MNIST{" (the OptG paper's recipe)" if args.recipe == "paper" else ""}
 
