@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import common
-from optg import RECIPES
+from optg import RECIPES, recipe_settings
 
 
 def main():
@@ -35,10 +35,7 @@ def main():
     recipe = RECIPES[args.recipe]
     args.epochs = args.epochs or recipe["epochs"]
     args.learning_rates = args.learning_rates or recipe["learning_rates"]
-    base = dict(kind="method", method="dense", model=args.model, epochs=args.epochs,
-                batch_size=recipe["batch_size"], sparsity=0.0)
-    if args.recipe == "paper":
-        base.update(recipe="paper", warmup_epochs=recipe["warmup_epochs"], weight_decay=recipe["weight_decay"])
+    base = dict(recipe_settings(args.recipe, args.model, args.epochs), kind="method", method="dense", sparsity=0.0)
 
     with tempfile.TemporaryDirectory() as tmp:
         data = str(Path(tmp) / "data.npz")

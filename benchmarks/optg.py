@@ -86,9 +86,7 @@ def main():
     args.epochs = args.epochs or recipe["epochs"]
     args.learning_rates = args.learning_rates or recipe["learning_rates"]
     args.methods = tuple(args.methods or recipe["methods"])
-    base = dict(model=args.model, epochs=args.epochs, batch_size=recipe["batch_size"])
-    if args.recipe == "paper":
-        base.update(recipe="paper", warmup_epochs=recipe["warmup_epochs"], weight_decay=recipe["weight_decay"])
+    base = recipe_settings(args.recipe, args.model, args.epochs)
 
     with tempfile.TemporaryDirectory() as tmp:
         data = str(Path(tmp) / "data.npz")
@@ -116,6 +114,15 @@ def main():
             overhead = common.cached_worker("optg", dict(kind="overhead", method="optg", data=data, model=args.model,
                                                          rounds=args.overhead_rounds, sparsity=0.9))
     write(args, source, results, overhead, selection, chosen, ablations)
+
+
+def recipe_settings(name, model, epochs):
+    """The worker settings of recipe `name` (see `workers.optimizer`), shared with dense.py."""
+    recipe = RECIPES[name]
+    settings = dict(model=model, epochs=epochs, batch_size=recipe["batch_size"])
+    if name == "paper":
+        settings.update(recipe="paper", warmup_epochs=recipe["warmup_epochs"], weight_decay=recipe["weight_decay"])
+    return settings
 
 
 def method_job(data, method, sparsity, seed, base, learning_rate, validation=False):
